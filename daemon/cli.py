@@ -1,0 +1,124 @@
+"""The ``marginwatch`` command line.
+
+This is the one module that reaches every part of the product. Each command imports
+its implementation lazily inside the function body, so that ``marginwatch audit``
+starts without loading torch. Errors from the :class:`MarginwatchError` family become
+one line on stderr and a non-zero exit code; nothing else is caught, so a real bug
+still shows its traceback.
+
+Exit codes: 0 success, 1 a check failed (for example ``audit verify``), 2 bad input
+or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from marginwatch.engine.errors import MarginwatchError
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="marginwatch",
+    help=(
+        "Research software (not a medical device): CNN assessment of surgical margins on "
+        "fluorescence confocal microscopy images of radical-prostatectomy specimens."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version() -> str:
+    try:
+        return version("marginwatch")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"marginwatch {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Research software (not a medical device)."""
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    """Print ``marginwatch: error: message`` to stderr and return the Exit to raise."""
+    typer.echo(f"marginwatch: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def guarded(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``call``; a MarginwatchError becomes a one-line message and exit code 2."""
+    try:
+        return call(*args, **kwargs)
+    except MarginwatchError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="MARGINWATCH_CONFIG",
+        help="TOML configuration file (default: $MARGINWATCH_CONFIG, else built-in defaults).",
+        show_default=False,
+    ),
+]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (sqlite:///PATH or postgresql+psycopg://...), or a SQLite file path.",
+        show_default=False,
+    ),
+]
+
+
+# --- engine commands (predict) ---------------------------------------------------
+
+# --- storage commands (db, audit) ------------------------------------------------
+
+# --- daemon commands (run) -------------------------------------------------------
+
+# --- console commands (dashboard, ack, demo) -------------------------------------
+
+# --- tools commands (synth, train, evaluate, export, bench) ----------------------
+
+# --- deployment commands (install-systemd) ---------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``marginwatch`` console script."""
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="marginwatch")

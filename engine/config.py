@@ -1,0 +1,240 @@
+"""The one typed configuration of marginwatch.
+
+A TOML file (``--config FILE`` or ``MARGINWATCH_CONFIG``) with three sections,
+``[engine]``, ``[daemon]`` and ``[dashboard]``; every field has a default and carries
+its unit in its name. Any field can be overridden from the environment as
+``MARGINWATCH_<SECTION>__<FIELD>`` (for example ``MARGINWATCH_DAEMON__SETTLE_SECONDS=2``).
+
+Validation happens once, in :func:`load_config`; a bad value raises
+:class:`~marginwatch.engine.errors.ConfigError` naming the file (or variable), the
+field, the value received and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DaemonConfig",
+    "DashboardConfig",
+    "EngineConfig",
+    "ENV_PREFIX",
+    "load_config",
+]
+
+ENV_PREFIX = "MARGINWATCH_"
+
+Backend = Literal["auto", "torch-cpu", "torch-cuda", "tensorrt"]
+Aggregation = Literal["max", "mean", "noisy-or", "top3-mean"]
+Profile = Literal["grey", "reflectance+fluorescence", "rgb"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class EngineConfig(_Section):
+    """How an image becomes a decision."""
+
+    backend: Backend = "auto"
+    precision: Literal["fp16", "fp32"] = "fp16"
+    max_pixels: int = Field(30_000 * 30_000, gt=0, description="declared W*H above this is refused")
+    region_read_min_pixels: int = Field(
+        4096 * 4096, gt=0, description="images at least this large are read region by region"
+    )
+    max_channels: int = Field(4, ge=1, le=4)
+    tile_overlap_fraction: float = Field(0.0, ge=0.0, lt=0.9)
+    min_tissue_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    aggregation: Aggregation = "max"
+    batch_size: int = Field(8, ge=1, le=1024)
+    default_profile: Profile | None = Field(
+        None, description="device profile when the model card's profile is not to be used"
+    )
+    default_um_per_px: float | None = Field(
+        None, gt=0, description="pixel size when the file carries none (else the profile's)"
+    )
+    heatmap_max_side_px: int = Field(512, ge=16, le=8192)
+    engine_cache_dir: Path | None = None
+
+
+class DaemonConfig(_Section):
+    """How the service watches, queues and records."""
+
+    watch_dir: Path | None = None
+    state_dir: Path = Path("/var/lib/marginwatch")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in state_dir")
+    model_dir: Path | None = None
+    observer: Literal["inotify", "polling"] = "inotify"
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    settle_seconds: float = Field(2.0, ge=0)
+    stable_polls: int = Field(2, ge=1)
+    rescan_seconds: float = Field(60.0, gt=0)
+    ignore_globs: list[str] = Field(
+        default_factory=lambda: ["*.tmp", "*.part", "*.partial", "*.crdownload", "*~", ".*"]
+    )
+    image_globs: list[str] = Field(
+        default_factory=lambda: ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp"]
+    )
+    max_attempts: int = Field(3, ge=1)
+    retry_delay_seconds: float = Field(5.0, ge=0)
+    lease_seconds: float = Field(120.0, gt=0)
+    workers: int = Field(1, ge=1, le=64)
+    max_batch_tiles: int = Field(16, ge=1)
+    max_batch_wait_ms: float = Field(50.0, ge=0)
+    shutdown_seconds: float = Field(20.0, gt=0)
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    anchor_file: Path | None = None
+
+    def resolved_db_url(self) -> str:
+        """The database URL: ``db_url``, else an SQLite file in ``state_dir``."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.state_dir / 'marginwatch.db').resolve()}"
+
+
+class DashboardConfig(_Section):
+    """How the theatre console looks."""
+
+    refresh_per_second: float = Field(2.0, gt=0, le=30)
+    recent_rows: int = Field(10, ge=1, le=200)
+    bell: bool = True
+
+
+class Config(_Section):
+    """The whole configuration; ``source`` says where it came from."""
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    source: str = Field("defaults", exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.engine.region_read_min_pixels > self.engine.max_pixels:
+            raise ValueError(
+                f"engine.region_read_min_pixels={self.engine.region_read_min_pixels} "
+                f"must not exceed engine.max_pixels={self.engine.max_pixels}"
+            )
+        return self
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "engine": EngineConfig,
+    "daemon": DaemonConfig,
+    "dashboard": DashboardConfig,
+}
+
+
+def _format_validation(err: ValidationError, where: str, given: Mapping[str, Any]) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        value = _lookup(given, item["loc"])
+        shown = "<missing>" if value is _MISSING else repr(value)
+        lines.append(f"{where}: {loc or 'config'}: got {shown}; expected {item['msg'].lower()}")
+    return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
+    node: Any = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``MARGINWATCH_SECTION__FIELD=value`` -> ``{section: {field: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    names: list[str] = []
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"environment variable {key}: unknown section {section!r}; "
+                f"expected one of {sorted(_SECTIONS)}"
+            )
+        if field not in _SECTIONS[section].model_fields:
+            raise ConfigError(
+                f"environment variable {key}: unknown field {section}.{field}; "
+                f"expected one of {sorted(_SECTIONS[section].model_fields)}"
+            )
+        value: Any = raw
+        annotation = str(_SECTIONS[section].model_fields[field].annotation)
+        if annotation.startswith("list"):
+            value = [part.strip() for part in raw.split(",") if part.strip()]
+        out.setdefault(section, {})[field] = value
+        names.append(key)
+    return out, names
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read, merge and validate the configuration.
+
+    Precedence, lowest first: defaults, the TOML file (``path``, else
+    ``$MARGINWATCH_CONFIG``), ``MARGINWATCH_<SECTION>__<FIELD>`` variables, then
+    ``overrides`` (command-line options).
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, dict[str, Any]] = {}
+    where = "defaults"
+    if path is None and env.get("MARGINWATCH_CONFIG"):
+        path = env["MARGINWATCH_CONFIG"]
+    if path is not None:
+        file = Path(path)
+        where = str(file)
+        try:
+            with file.open("rb") as fh:
+                loaded = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{file}: configuration file not found") from exc
+        except IsADirectoryError as exc:
+            raise ConfigError(f"{file}: is a directory; expected a TOML file") from exc
+        except PermissionError as exc:
+            raise ConfigError(f"{file}: permission denied reading the configuration") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+        for key, value in loaded.items():
+            if key not in _SECTIONS:
+                raise ConfigError(
+                    f"{file}: unknown section [{key}]; expected one of {sorted(_SECTIONS)}"
+                )
+            if not isinstance(value, dict):
+                raise ConfigError(f"{file}: {key} must be a table ([{key}]), got {value!r}")
+            data[key] = dict(value)
+    env_data, env_names = _env_overrides(env)
+    for section, fields in env_data.items():
+        data.setdefault(section, {}).update(fields)
+    for section, fields in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in fields.items() if v is not None})
+    if env_names:
+        where = f"{where} + environment ({', '.join(sorted(env_names))})"
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, where, data)) from exc
+    config.source = where
+    return config
