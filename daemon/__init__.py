@@ -1,1 +1,42 @@
-"""placeholder"""
+"""marginwatch.daemon: the long-running service beside the scanner, and the CLI.
+
+The folder observer and reconcile scan (:mod:`.observer`), the readiness rules
+(:mod:`.readiness`), cross-job tile batching (:mod:`.batching`), the reader/finisher
+pipeline (:mod:`.pipeline`) and the service's main loop with signals, heartbeat and
+sd_notify (:mod:`.service`). Names are imported lazily so that ``marginwatch.daemon.cli``
+starts without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "FolderObserver": "observer",
+    "Notifier": "sdnotify",
+    "PathFilter": "observer",
+    "ReadinessTracker": "readiness",
+    "ReadyFile": "readiness",
+    "Service": "service",
+    "SignalFlags": "signals",
+    "Sighting": "observer",
+    "TileBatcher": "batching",
+    "run_daemon": "service",
+    "scan_folder": "observer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'marginwatch.daemon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,123 @@
+"""When a file in the export folder is complete enough to be recorded as a job.
+
+A scanner writes slowly, or to a temporary name and then renames. A file is *ready*
+when its size and mtime have not changed for ``settle_seconds`` AND one of:
+
+- a close-after-write event arrived (inotify) and the file is unchanged since it,
+- it was renamed or moved into the folder under a candidate name, and is unchanged since,
+- ``stable_polls`` consecutive polls (one every ``poll_interval_seconds``) saw it
+  unchanged (the only signal on SMB/NFS shares, and for files found by a scan).
+
+The tracker is pure bookkeeping with an injected ``clock`` and ``stat`` (lstat by
+default: a symbolic link is judged by itself, never followed), so tests drive time
+instead of sleeping. It holds no file open.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .observer import SightingKind, is_candidate_inode
+
+__all__ = ["ReadinessTracker", "ReadyFile"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyFile:
+    """A settled candidate: what is recorded as a pending job."""
+
+    rel_path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(slots=True)
+class _Track:
+    signature: tuple[int, int]  # (size, mtime_ns) at the last poll or sighting
+    changed_at: float  # clock time the signature last changed
+    stable_polls: int = 0  # polls in a row that saw the same signature
+    trigger: tuple[int, int] | None = None  # signature when a close/move was seen
+
+
+class ReadinessTracker:
+    """Track candidate paths until they are ready (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        settle_seconds: float,
+        stable_polls: int,
+        clock: Callable[[], float] = time.monotonic,
+        stat: Callable[[str], os.stat_result] = os.lstat,
+    ) -> None:
+        self.root = os.fspath(root)
+        self.settle_seconds = settle_seconds
+        self.stable_polls = stable_polls
+        self._clock = clock
+        self._stat = stat
+        self._tracks: dict[str, _Track] = {}
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def __contains__(self, rel_path: object) -> bool:
+        return rel_path in self._tracks
+
+    def _signature(self, rel_path: str) -> tuple[int, int] | None:
+        try:
+            st = self._stat(os.path.join(self.root, rel_path))
+        except OSError:
+            return None
+        if not is_candidate_inode(st):
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def note(self, kind: SightingKind, rel_path: str) -> None:
+        """Take one sighting into account (``folder`` sightings are not for here)."""
+        if kind == "deleted":
+            self._tracks.pop(rel_path, None)
+            return
+        sig = self._signature(rel_path)
+        if sig is None:
+            self._tracks.pop(rel_path, None)
+            return
+        now = self._clock()
+        track = self._tracks.get(rel_path)
+        if track is None:
+            track = self._tracks[rel_path] = _Track(signature=sig, changed_at=now)
+        elif track.signature != sig:
+            track.signature = sig
+            track.changed_at = now
+            track.stable_polls = 0
+        if kind in ("closed", "moved_in"):
+            track.trigger = sig
+
+    def forget(self, rel_path: str) -> None:
+        self._tracks.pop(rel_path, None)
+
+    def poll(self) -> list[ReadyFile]:
+        """Re-stat every tracked path; return (and stop tracking) the ready ones."""
+        now = self._clock()
+        ready: list[ReadyFile] = []
+        for rel_path in list(self._tracks):
+            track = self._tracks[rel_path]
+            sig = self._signature(rel_path)
+            if sig is None:  # deleted, or replaced by something that is not a file
+                del self._tracks[rel_path]
+                continue
+            if sig != track.signature:
+                track.signature = sig
+                track.changed_at = now
+                track.stable_polls = 0
+                continue
+            track.stable_polls += 1
+            if now - track.changed_at < self.settle_seconds:
+                continue
+            if track.trigger == sig or track.stable_polls >= self.stable_polls:
+                del self._tracks[rel_path]
+                ready.append(ReadyFile(rel_path, sig[0], sig[1]))
+        return ready
