@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from marginwatch.tools import metrics as mm
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
-
-from marginwatch.tools import metrics as mm
 
 
 def _random_case(seed: int, n: int = 60, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +74,11 @@ def test_perfect_and_inverted_scores() -> None:
 
 def test_all_tied_scores_give_auc_one_half() -> None:
     y = np.array([0, 1, 0, 1, 1])
-    assert mm.roc_auc(y, np.full(5, 0.3)) == pytest.approx(skm.roc_auc_score(y, np.full(5, 0.3))) == 0.5
+    assert (
+        mm.roc_auc(y, np.full(5, 0.3))
+        == pytest.approx(skm.roc_auc_score(y, np.full(5, 0.3)))
+        == 0.5
+    )
 
 
 @pytest.mark.parametrize("only", [0, 1])

@@ -96,7 +96,9 @@ class ConfusionMatrix:
         return asdict(self)
 
 
-def confusion_matrix(labels: Sequence[int] | np.ndarray, decisions: Sequence[int] | np.ndarray) -> ConfusionMatrix:
+def confusion_matrix(
+    labels: Sequence[int] | np.ndarray, decisions: Sequence[int] | np.ndarray
+) -> ConfusionMatrix:
     """Counts of true/false positives/negatives."""
     y = _labels(labels)
     d = np.asarray(decisions).astype(bool)
@@ -191,7 +193,9 @@ def roc_curve(
     return fpr, tpr, thresholds
 
 
-def brier_score(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray) -> float:
+def brier_score(
+    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray
+) -> float:
     """Mean squared difference between the probability of the positive class and the label."""
     y = _labels(labels)
     p = _probabilities(probabilities, y.size)
@@ -212,7 +216,9 @@ class ReliabilityBin:
 
 
 def reliability_bins(
-    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, n_bins: int = 10
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    n_bins: int = 10,
 ) -> list[ReliabilityBin]:
     """Equal-width bins on [0, 1] (the last one closed); empty bins are omitted.
 
@@ -242,7 +248,9 @@ def reliability_bins(
 
 
 def expected_calibration_error(
-    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, n_bins: int = 10
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    n_bins: int = 10,
 ) -> float:
     """ECE of the positive-class probability: sum over bins of
     ``count/n * |positive fraction - mean probability|`` (equal-width bins)."""
@@ -250,11 +258,15 @@ def expected_calibration_error(
     if y.size == 0:
         return math.nan
     bins = reliability_bins(y, probabilities, n_bins)
-    return float(sum(b.count * abs(b.positive_fraction - b.mean_probability) for b in bins) / y.size)
+    return float(
+        sum(b.count * abs(b.positive_fraction - b.mean_probability) for b in bins) / y.size
+    )
 
 
 def threshold_for_sensitivity(
-    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, target: float = 0.90
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    target: float = 0.90,
 ) -> float:
     """The highest threshold whose sensitivity (``p >= threshold``) reaches ``target``.
 
@@ -274,7 +286,11 @@ def threshold_for_sensitivity(
     return float(positives[max(k, 1) - 1])
 
 
-def undefined_reason(name: str, labels: Sequence[int] | np.ndarray, decisions: Sequence[int] | np.ndarray | None = None) -> str | None:
+def undefined_reason(
+    name: str,
+    labels: Sequence[int] | np.ndarray,
+    decisions: Sequence[int] | np.ndarray | None = None,
+) -> str | None:
     """Why metric ``name`` is undefined on these data, or None when it is defined."""
     y = _labels(labels)
     n_pos = int(y.sum())
@@ -331,7 +347,9 @@ def bootstrap_ci(
     v = np.asarray(values)
     g = np.asarray(groups)
     if v.shape[0] != y.size or g.shape[0] != y.size:
-        raise ValueError(f"labels ({y.size}), values ({v.shape[0]}) and groups ({g.shape[0]}) differ in length")
+        raise ValueError(
+            f"labels ({y.size}), values ({v.shape[0]}) and groups ({g.shape[0]}) differ in length"
+        )
     if y.size == 0:
         return BootstrapInterval(math.nan, math.nan, level, resamples, 0)
     _, group_index = np.unique(g, return_inverse=True)
