@@ -1,0 +1,250 @@
+"""The append-only, hash-chained audit log.
+
+Each event stores ``hash = SHA-256(canonical JSON of [seq, ts, actor, action,
+object_id, payload, prev_hash])`` where ``payload`` is the event's canonical JSON text
+exactly as stored and ``prev_hash`` is the hash of event ``seq - 1`` (64 zeros for the
+first). ``seq`` runs 1, 2, 3, ... without gaps. So an edited field, a deleted, inserted
+or reordered event all break a link that :func:`verify_chain` names.
+
+What a chain cannot show by itself is a cut-off tail or a wholesale rewrite: for that
+the head (seq + hash) is written outside the database, an *anchor* (:class:`AuditAnchor`),
+and later checked to still be in the chain.
+
+Appends are serialised so that concurrent writers cannot fork the chain: SQLite writers
+already hold the database's write lock (``BEGIN IMMEDIATE``); on PostgreSQL each
+writing transaction takes ``pg_advisory_xact_lock`` first. The primary key on ``seq``
+and the unique hash are the last line of defence. UPDATE and DELETE are refused by
+triggers on both backends (created in the first migration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from marginwatch.engine.errors import AuditChainError
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from .models import AuditEvent
+from .records import AuditEventView, AuditReport
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditAnchor",
+    "append_event",
+    "canonical_json",
+    "event_hash",
+    "lock_chain",
+    "verify_chain",
+]
+
+GENESIS_HASH = "0" * 64
+# Any constant works; this one spells "mwaudit" so it is recognisable in pg_locks.
+_PG_LOCK_KEY = 0x6D7761756469_74
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 kept, NaN refused: one text per value."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _ts_text(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(
+    seq: int,
+    ts: datetime,
+    actor: str,
+    action: str,
+    object_id: str,
+    payload_json: str,
+    prev_hash: str,
+) -> str:
+    content = canonical_json([seq, _ts_text(ts), actor, action, object_id, payload_json, prev_hash])
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def lock_chain(session: Session) -> None:
+    """Serialise audit appends for the rest of this transaction (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+
+
+def append_event(
+    session: Session,
+    action: str,
+    object_id: str | int,
+    payload: Mapping[str, Any],
+    actor: str,
+    now: datetime | None = None,
+) -> AuditEvent:
+    """Add the next event of the chain inside the caller's writing transaction."""
+    lock_chain(session)
+    head = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    seq, prev = (1, GENESIS_HASH) if head is None else (head.seq + 1, head.hash)
+    # Microsecond precision is what every backend stores; the hash must survive a round trip.
+    ts = (now or datetime.now(UTC)).astimezone(UTC)
+    payload_json = canonical_json(dict(payload))
+    event = AuditEvent(
+        seq=seq,
+        ts=ts,
+        actor=actor,
+        action=action,
+        object_id=str(object_id),
+        payload_json=payload_json,
+        prev_hash=prev,
+        hash=event_hash(seq, ts, actor, action, str(object_id), payload_json, prev),
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def to_view(event: AuditEvent) -> AuditEventView:
+    try:
+        payload = json.loads(event.payload_json)
+    except ValueError:
+        payload = {"unparseable": event.payload_json}
+    return AuditEventView(
+        seq=event.seq,
+        ts=event.ts,
+        actor=event.actor,
+        action=event.action,
+        object_id=event.object_id,
+        payload=payload if isinstance(payload, dict) else {"value": payload},
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+def _walk(session: Session, batch: int = 2000) -> Iterator[AuditEvent]:
+    last = None
+    while True:
+        query = select(AuditEvent).order_by(AuditEvent.seq).limit(batch)
+        if last is not None:
+            query = query.where(AuditEvent.seq > last)
+        rows = session.scalars(query).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].seq
+        session.expunge_all()
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """A chain head (seq + hash) kept outside the database."""
+
+    seq: int
+    hash: str
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> AuditAnchor:
+        file = Path(path)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            return cls(seq=int(data["seq"]), hash=str(data["hash"]))
+        except FileNotFoundError as exc:
+            raise AuditChainError(f"{file}: anchor file not found") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AuditChainError(
+                f"{file}: not an audit anchor (expected JSON with seq and hash): {exc}"
+            ) from exc
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Atomically replace ``path`` (temporary file + rename in the same folder)."""
+        file = Path(path)
+        body = canonical_json(
+            {"seq": self.seq, "hash": self.hash, "written_at": _ts_text(datetime.now(UTC))}
+        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(body + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def verify_chain(session: Session, anchor: AuditAnchor | None = None) -> AuditReport:
+    """Walk every event in ``seq`` order; stop at the first broken link."""
+    expected_seq, prev = 1, GENESIS_HASH
+    count = 0
+    anchor_seen = anchor is None or anchor.seq == 0
+    for event in _walk(session):
+        bad = None
+        if event.seq != expected_seq:
+            bad = f"expected seq {expected_seq}, found seq {event.seq} (events missing or inserted)"
+        elif event.prev_hash != prev:
+            bad = "prev_hash does not match the hash of the event before it"
+        elif event.hash != event_hash(
+            event.seq,
+            event.ts,
+            event.actor,
+            event.action,
+            event.object_id,
+            event.payload_json,
+            event.prev_hash,
+        ):
+            bad = "content does not match its hash (edited or reordered)"
+        if bad is not None:
+            return AuditReport(
+                ok=False,
+                events=count,
+                head_seq=expected_seq - 1,
+                head_hash=prev,
+                first_bad_seq=event.seq,
+                reason=bad,
+                anchor_checked=anchor is not None,
+            )
+        if anchor is not None and event.seq == anchor.seq:
+            if event.hash != anchor.hash:
+                return AuditReport(
+                    ok=False,
+                    events=count,
+                    head_seq=event.seq - 1,
+                    head_hash=prev,
+                    first_bad_seq=event.seq,
+                    reason="hash differs from the anchor's (log rewritten)",
+                    anchor_checked=True,
+                )
+            anchor_seen = True
+        count += 1
+        expected_seq, prev = event.seq + 1, event.hash
+    if not anchor_seen:
+        assert anchor is not None
+        return AuditReport(
+            ok=False,
+            events=count,
+            head_seq=expected_seq - 1,
+            head_hash=prev,
+            first_bad_seq=expected_seq,
+            reason=(
+                f"chain ends at seq {expected_seq - 1} but the anchor "
+                f"records seq {anchor.seq} (tail truncated)"
+            ),
+            anchor_checked=True,
+        )
+    return AuditReport(
+        ok=True,
+        events=count,
+        head_seq=expected_seq - 1,
+        head_hash=prev,
+        anchor_checked=anchor is not None,
+    )

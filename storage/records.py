@@ -1,0 +1,280 @@
+"""Plain, frozen dataclasses that cross the storage boundary.
+
+:class:`~marginwatch.storage.Store` takes and returns only these (never ORM objects
+bound to a session), so the daemon and the dashboard cannot lazily load rows from a
+closed session or write SQL of their own. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "AlertDetail",
+    "AlertView",
+    "AssessmentRecord",
+    "AuditEventView",
+    "AuditReport",
+    "ClaimedJob",
+    "Counters",
+    "Discovery",
+    "FailOutcome",
+    "FinishOutcome",
+    "HeartbeatView",
+    "ImageDetail",
+    "ImageRow",
+    "TileRecord",
+]
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """A newly recorded image file and its pending job."""
+
+    image_id: str
+    job_id: int
+    rel_path: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job leased to one worker until ``lease_expires_at``."""
+
+    job_id: int
+    image_id: str
+    root_key: str
+    rel_path: str
+    size: int
+    mtime_ns: int
+    attempts: int
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """One tile's box in source pixels (x0, y0, x1, y1) and calibrated probability."""
+
+    box: tuple[int, int, int, int]
+    probability: float
+
+
+@dataclass(frozen=True)
+class AssessmentRecord:
+    """Everything :meth:`Store.finish_job` records about one assessed image.
+
+    ``shape`` is the source image shape as the engine reports it (e.g. (H, W, C)).
+    ``heatmap_png`` is a 16-bit grey PNG (``marginwatch.engine.render.encode_heatmap_png``)
+    and ``heatmap_scale`` the number of source pixels per heatmap pixel.
+    """
+
+    model_id: int
+    sha256: str
+    shape: tuple[int, ...]
+    um_per_px: float
+    um_per_px_source: str
+    profile: str
+    backend: str
+    device: str
+    precision: str
+    raw_probability: float
+    probability: float
+    decision: bool
+    threshold: float
+    timings: Mapping[str, float] = field(default_factory=dict)
+    tiles: Sequence[TileRecord] = ()
+    driving_tile: int | None = None
+    heatmap_png: bytes | None = None
+    heatmap_scale: float | None = None
+
+    @classmethod
+    def from_assessment(
+        cls, assessment: Any, *, model_id: int, precision: str | None = None
+    ) -> AssessmentRecord:
+        """Build from an engine ``Assessment`` (duck-typed: storage imports no torch)."""
+        from ._heatmap import encode_heatmap
+
+        heatmap = getattr(assessment, "heatmap", None)
+        return cls(
+            model_id=model_id,
+            sha256=assessment.sha256,
+            shape=tuple(int(n) for n in assessment.shape),
+            um_per_px=float(assessment.um_per_px),
+            um_per_px_source=str(getattr(assessment, "um_per_px_source", "")),
+            profile=str(assessment.profile),
+            backend=str(assessment.backend),
+            device=str(assessment.device),
+            precision=str(precision or getattr(assessment, "precision", "")),
+            raw_probability=float(assessment.raw_probability),
+            probability=float(assessment.probability),
+            decision=bool(assessment.decision),
+            threshold=float(assessment.threshold),
+            timings={str(k): float(v) for k, v in dict(assessment.timings).items()},
+            tiles=tuple(
+                TileRecord(tuple(int(v) for v in t.box), float(t.probability))  # type: ignore[arg-type]
+                for t in assessment.tiles
+            ),
+            driving_tile=getattr(assessment, "driving_tile", None),
+            heatmap_png=None if heatmap is None else encode_heatmap(heatmap),
+            heatmap_scale=(
+                None if heatmap is None else float(getattr(assessment, "heatmap_scale", 1.0))
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class FinishOutcome:
+    prediction_id: int
+    alert_id: int | None
+    audit_seq: int
+
+
+@dataclass(frozen=True)
+class FailOutcome:
+    """``state`` is "pending" (retry at ``not_before``) or "failed" (with ``alert_id``)."""
+
+    state: str
+    attempts: int
+    not_before: datetime | None
+    alert_id: int | None
+
+
+@dataclass(frozen=True)
+class AlertView:
+    id: int
+    kind: str
+    image_id: str
+    rel_path: str
+    prediction_id: int | None
+    job_id: int | None
+    probability: float | None
+    message: str
+    raised_at: datetime
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    ack_note: str | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acknowledged_at is not None
+
+
+@dataclass(frozen=True)
+class AlertDetail:
+    """An alert with what the dashboard draws: tiles and the heatmap PNG."""
+
+    alert: AlertView
+    decision: bool | None
+    threshold: float | None
+    backend: str | None
+    tiles: tuple[TileRecord, ...]
+    driving_tile: int | None
+    heatmap_png: bytes | None
+    heatmap_scale: float | None
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image with its final state: a row of ``audit list`` and ``recent_results``."""
+
+    image_id: str
+    rel_path: str
+    first_seen: datetime
+    state: str
+    attempts: int
+    sha256: str | None
+    prediction_id: int | None
+    probability: float | None
+    decision: bool | None
+    threshold: float | None
+    backend: str | None
+    model_digest: str | None
+    alert_kind: str | None
+    acknowledged_by: str | None
+    error_class: str | None
+    error_message: str | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEventView:
+    seq: int
+    ts: datetime
+    actor: str
+    action: str
+    object_id: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    """Everything recorded about one image (``marginwatch audit show``)."""
+
+    row: ImageRow
+    root_key: str
+    size: int
+    mtime_ns: int
+    shape: tuple[int, ...] | None
+    um_per_px: float | None
+    um_per_px_source: str | None
+    profile: str | None
+    model_architecture: str | None
+    device: str | None
+    precision: str | None
+    raw_probability: float | None
+    timings: dict[str, float]
+    tiles: tuple[TileRecord, ...]
+    driving_tile: int | None
+    heatmap_png: bytes | None
+    heatmap_scale: float | None
+    alerts: tuple[AlertView, ...]
+    events: tuple[AuditEventView, ...]
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Counts since a time (images first seen since then) plus the live queue."""
+
+    since: datetime
+    discovered: int
+    assessed: int
+    positive: int
+    duplicate: int
+    failed: int
+    pending: int
+    processing: int
+    open_alerts: int
+
+
+@dataclass(frozen=True)
+class HeartbeatView:
+    owner: str
+    status: str
+    details: dict[str, Any]
+    started_at: datetime
+    beat_at: datetime
+
+    def age_seconds(self, now: datetime) -> float:
+        return (now - self.beat_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The result of walking the audit chain.
+
+    ``ok`` is False when a link is broken (``first_bad_seq`` and ``reason`` say where and
+    why) or when the anchor (a head seen earlier, kept outside the database) is missing
+    from the chain: a truncated tail or a rewritten log.
+    """
+
+    ok: bool
+    events: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    anchor_checked: bool = False

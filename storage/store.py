@@ -1,0 +1,879 @@
+"""The Store: the one door to the database for the daemon, dashboard and auditors.
+
+Every public method is one transaction and returns plain dataclasses
+(:mod:`marginwatch.storage.records`). Writers on SQLite begin with ``BEGIN IMMEDIATE``;
+on PostgreSQL job claiming uses ``FOR UPDATE SKIP LOCKED`` and every audited write first
+takes the audit chain's advisory lock (one lock order everywhere: chain, then rows).
+
+    with Store.open("/var/lib/marginwatch/marginwatch.db", upgrade=True) as store:
+        model_id = store.register_model(digest, "resnet18", card)
+        found = store.record_discovery("export", "case1/a.tif", size, mtime_ns, actor)
+        job = store.claim_job("host:1234", lease_seconds=120)
+        store.finish_job(job.job_id, "host:1234", AssessmentRecord(...))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from marginwatch.engine.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    SchemaVersionError,
+)
+from sqlalchemy import Engine, inspect, select
+from sqlalchemy.orm import Session
+
+from . import _queries, audit, schema
+from ._engine import Target, make_engine, parse_target, translate_errors
+from .models import Alert, Heartbeat, Heatmap, Image, Job, ModelRow, Prediction, Tile
+from .records import (
+    AlertDetail,
+    AlertView,
+    AssessmentRecord,
+    AuditEventView,
+    AuditReport,
+    ClaimedJob,
+    Counters,
+    Discovery,
+    FailOutcome,
+    FinishOutcome,
+    HeartbeatView,
+    ImageDetail,
+    ImageRow,
+)
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
+# Test-only hook: "finish_job:<step>" makes the writer print and sleep mid-transaction so
+# a test can SIGKILL it there (tests/test_storage_crash.py). Unset in production.
+PAUSE_ENV = "MARGINWATCH_STORAGE_TEST_PAUSE_AT"
+
+
+def _pause_point(step: str) -> None:
+    if os.environ.get(PAUSE_ENV) == step:
+        print(f"paused at {step}", flush=True)
+        time.sleep(3600)
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError(f"now={now!r} is naive; pass a timezone-aware UTC datetime")
+    return now
+
+
+class Store:
+    """An open database. Use :meth:`open`; close it (or use ``with``) when done."""
+
+    def __init__(
+        self, engine: Engine, target: Target, *, readonly: bool, busy_timeout_seconds: float
+    ) -> None:
+        self._engine = engine
+        self._target = target
+        self.readonly = readonly
+        self._busy = busy_timeout_seconds
+
+    # --- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url_or_path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        upgrade: bool = False,
+        busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+    ) -> Store:
+        """Open a database by URL or SQLite file path and check its schema version.
+
+        ``upgrade=True`` creates or migrates the schema to this code's head (a missing
+        SQLite file is created). Otherwise the schema must already be at head:
+        :class:`SchemaVersionError` says what to run. ``readonly=True`` (auditors) never
+        writes, never creates, and is refused ``upgrade``.
+        """
+        if readonly and upgrade:
+            raise ValueError("a read-only store cannot upgrade the schema")
+        target = parse_target(os.fspath(url_or_path))
+        if target.sqlite_path is not None:
+            _check_sqlite_file(target.sqlite_path, readonly=readonly, create=upgrade)
+        engine = make_engine(target, readonly=readonly, busy_timeout_seconds=busy_timeout_seconds)
+        store = cls(engine, target, readonly=readonly, busy_timeout_seconds=busy_timeout_seconds)
+        try:
+            if upgrade:
+                store.upgrade()
+            else:
+                store._check_schema()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    @property
+    def location(self) -> str:
+        """The file path or the URL without its password (for messages)."""
+        return self._target.display
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    def upgrade(self) -> str:
+        """Migrate the schema to this code's head; returns the head revision."""
+        if self.readonly:
+            raise DatabaseUnavailableError(f"{self.location}: opened read-only; cannot upgrade")
+        with self._translate(), self._engine.begin() as connection:
+            current = schema.current_revision(connection)
+            self._refuse_newer(current)
+            if current != schema.head_revision():
+                logger.info(
+                    "migrating database schema from %s to %s", current, schema.head_revision()
+                )
+                schema.upgrade(connection, "head")
+        return schema.head_revision()
+
+    def current_revision(self) -> str | None:
+        with self._translate(), self._engine.connect() as connection:
+            return schema.current_revision(connection)
+
+    def _refuse_newer(self, current: str | None) -> None:
+        if current is not None and current not in schema.known_revisions():
+            raise SchemaVersionError(
+                f"{self.location}: schema revision {current} is newer than this marginwatch "
+                f"(knows up to {schema.head_revision()}); upgrade marginwatch, not the database"
+            )
+
+    def _check_schema(self) -> None:
+        with self._translate(), self._engine.connect() as connection:
+            current = schema.current_revision(connection)
+            if current is None and not inspect(connection).get_table_names():
+                raise SchemaVersionError(
+                    f"{self.location}: no marginwatch schema in this database; "
+                    "run `marginwatch db upgrade` first"
+                )
+            if current is None:
+                raise DatabaseUnavailableError(
+                    f"{self.location}: has tables but no marginwatch schema version; "
+                    "not a marginwatch database"
+                )
+        self._refuse_newer(current)
+        if current != schema.head_revision():
+            raise SchemaVersionError(
+                f"{self.location}: schema revision {current} is older than this code's "
+                f"{schema.head_revision()}; run `marginwatch db upgrade`"
+            )
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "readonly" if self.readonly else "read-write"
+        return f"Store({self.location!r}, {mode})"
+
+    # --- sessions -----------------------------------------------------------------
+
+    def _translate(self) -> Any:
+        return translate_errors(
+            self._target, readonly=self.readonly, busy_timeout_seconds=self._busy
+        )
+
+    @contextmanager
+    def _write(self, *, audited: bool = True) -> Iterator[Session]:
+        if self.readonly:
+            raise DatabaseUnavailableError(
+                f"{self.location}: opened read-only (auditor mode); refusing to write"
+            )
+        with self._translate(), Session(self._engine, expire_on_commit=False) as session:
+            with session.begin():
+                if audited:
+                    audit.lock_chain(session)
+                yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._translate(), Session(self._engine) as session, session.begin():
+            yield session
+
+    # --- models and discovery -------------------------------------------------------
+
+    def register_model(
+        self, digest: str, architecture: str, card: Mapping[str, Any], *, actor: str = "marginwatch"
+    ) -> int:
+        """The id of the model with this artefact digest; recorded (and audited) once."""
+        with self._write() as session:
+            existing = session.scalar(select(ModelRow.id).where(ModelRow.digest == digest))
+            if existing is not None:
+                return existing
+            now = datetime.now(UTC)
+            row = ModelRow(
+                digest=digest,
+                architecture=architecture,
+                card_json=audit.canonical_json(dict(card)),
+                first_seen=now,
+            )
+            session.add(row)
+            session.flush()
+            audit.append_event(
+                session,
+                "model.registered",
+                row.id,
+                {
+                    "digest": digest,
+                    "architecture": architecture,
+                    "synthetic_demo": bool(card.get("synthetic_demo", False)),
+                },
+                actor,
+                now,
+            )
+            return row.id
+
+    def record_discovery(
+        self,
+        root_key: str,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        actor: str,
+        *,
+        now: datetime | None = None,
+    ) -> Discovery | None:
+        """Record a new file version and its pending job; None if already recorded."""
+        now = _now(now)
+        with self._write() as session:
+            seen = session.scalar(
+                select(Image.id).where(
+                    Image.root_key == root_key,
+                    Image.rel_path == rel_path,
+                    Image.size == size,
+                    Image.mtime_ns == mtime_ns,
+                )
+            )
+            if seen is not None:
+                return None
+            image = Image(
+                root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now
+            )
+            session.add(image)
+            session.flush()
+            job = Job(
+                image_id=image.id, state="pending", attempts=0, created_at=now, updated_at=now
+            )
+            session.add(job)
+            session.flush()
+            # The path is in the images row (access-controlled); the audit payload and the
+            # logs carry ids only.
+            audit.append_event(
+                session,
+                "image.discovered",
+                image.id,
+                {"job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns},
+                actor,
+                now,
+            )
+            logger.info("image %s discovered (job %d)", image.id, job.id)
+            return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
+
+    # --- the queue -----------------------------------------------------------------
+
+    def claim_job(
+        self, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> ClaimedJob | None:
+        """Lease the oldest runnable pending job to ``owner``; None when there is none."""
+        now = _now(now)
+        expires = now + timedelta(seconds=lease_seconds)
+        with self._write(audited=False) as session:
+            query = (
+                select(Job, Image)
+                .join(Image, Image.id == Job.image_id)
+                .where(Job.state == "pending", (Job.not_before.is_(None)) | (Job.not_before <= now))
+                .order_by(Job.id)
+                .limit(1)
+            )
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=Job)
+            row = session.execute(query).first()
+            if row is None:
+                return None
+            job, image = row
+            job.state = "processing"
+            job.attempts += 1
+            job.lease_owner = owner
+            job.lease_expires_at = expires
+            job.started_at = now
+            job.updated_at = now
+            return ClaimedJob(
+                job_id=job.id,
+                image_id=image.id,
+                root_key=image.root_key,
+                rel_path=image.rel_path,
+                size=image.size,
+                mtime_ns=image.mtime_ns,
+                attempts=job.attempts,
+                lease_expires_at=expires,
+            )
+
+    def extend_lease(
+        self, job_id: int, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> datetime:
+        """Push a held lease forward (long jobs); ConflictError if the lease was lost."""
+        now = _now(now)
+        with self._write(audited=False) as session:
+            job = self._held_job(session, job_id, owner)
+            job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            job.updated_at = now
+            return job.lease_expires_at
+
+    def requeue_expired(
+        self,
+        now: datetime | None = None,
+        *,
+        max_attempts: int | None = None,
+        actor: str = "marginwatch",
+    ) -> int:
+        """Put jobs whose lease expired back to pending; returns how many.
+
+        With ``max_attempts``, a job that has already been claimed that many times (a
+        file that kills its worker) is failed instead, with a not-assessed alert.
+        """
+        now = _now(now)
+        with self._write() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(Job.state == "processing", Job.lease_expires_at < now)
+                .order_by(Job.id)
+            ).all()
+            for job in jobs:
+                previous = job.lease_owner
+                if max_attempts is not None and job.attempts >= max_attempts:
+                    self._fail_final(
+                        session,
+                        job,
+                        "LeaseExpired",
+                        f"worker lease expired {job.attempts} times",
+                        actor,
+                        now,
+                    )
+                    continue
+                job.state = "pending"
+                job.lease_owner = None
+                job.lease_expires_at = None
+                job.updated_at = now
+                audit.append_event(
+                    session,
+                    "job.requeued",
+                    job.image_id,
+                    {"job_id": job.id, "attempts": job.attempts, "lease_owner": previous},
+                    actor,
+                    now,
+                )
+            return len(jobs)
+
+    def find_assessment(self, sha256: str, model_id: int) -> int | None:
+        """The id of an earlier prediction of the same bytes by the same model."""
+        with self._read() as session:
+            return session.scalar(
+                select(Prediction.id)
+                .join(Image, Image.id == Prediction.image_id)
+                .where(Image.sha256 == sha256, Prediction.model_id == model_id)
+                .order_by(Prediction.id)
+                .limit(1)
+            )
+
+    @staticmethod
+    def _held_job(session: Session, job_id: int, owner: str) -> Job:
+        query = select(Job).where(Job.id == job_id)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        job = session.scalar(query)
+        if job is None:
+            raise NotFoundError(f"job {job_id}: no such job")
+        if job.state != "processing" or job.lease_owner != owner:
+            raise ConflictError(
+                f"job {job_id}: not leased to {owner!r} (state {job.state}, "
+                f"lease owner {job.lease_owner!r}); its lease expired or it was finished"
+            )
+        return job
+
+    def finish_job(
+        self,
+        job_id: int,
+        owner: str,
+        result: AssessmentRecord,
+        *,
+        actor: str | None = None,
+        now: datetime | None = None,
+    ) -> FinishOutcome:
+        """Record an assessment and close the job, all in ONE transaction.
+
+        Image details, prediction, tiles, heatmap, the alert when positive, the audit
+        events and ``done``: a crash anywhere leaves all of it or none of it.
+        """
+        now = _now(now)
+        actor = actor or owner
+        with self._write() as session:
+            job = self._held_job(session, job_id, owner)
+            image = session.get(Image, job.image_id)
+            assert image is not None  # foreign key
+            model = session.get(ModelRow, result.model_id)
+            if model is None:
+                raise NotFoundError(f"model {result.model_id}: not registered")
+            image.sha256 = result.sha256
+            image.shape_json = json.dumps(list(result.shape))
+            image.um_per_px = result.um_per_px
+            image.um_per_px_source = result.um_per_px_source
+            image.profile = result.profile
+            prediction = Prediction(
+                image_id=image.id,
+                model_id=model.id,
+                backend=result.backend,
+                device=result.device,
+                precision=result.precision,
+                raw_probability=result.raw_probability,
+                probability=result.probability,
+                decision=result.decision,
+                threshold=result.threshold,
+                driving_tile=result.driving_tile,
+                timings_json=audit.canonical_json({k: float(v) for k, v in result.timings.items()}),
+                created_at=now,
+            )
+            session.add(prediction)
+            session.flush()
+            _pause_point("finish_job:after_prediction")
+            session.add_all(
+                Tile(
+                    prediction_id=prediction.id,
+                    idx=i,
+                    x0=t.box[0],
+                    y0=t.box[1],
+                    x1=t.box[2],
+                    y1=t.box[3],
+                    probability=t.probability,
+                )
+                for i, t in enumerate(result.tiles)
+            )
+            if result.heatmap_png is not None:
+                session.add(
+                    Heatmap(
+                        prediction_id=prediction.id,
+                        png=result.heatmap_png,
+                        scale=result.heatmap_scale or 1.0,
+                    )
+                )
+            session.flush()
+            _pause_point("finish_job:after_tiles")
+            alert_id = None
+            if result.decision:
+                alert = Alert(
+                    kind="tumour-at-margin",
+                    image_id=image.id,
+                    prediction_id=prediction.id,
+                    job_id=job.id,
+                    raised_at=now,
+                    message=(
+                        f"tumour at margin: p={result.probability:.3f} "
+                        f">= threshold {result.threshold:.3f}"
+                    ),
+                )
+                session.add(alert)
+                session.flush()
+                alert_id = alert.id
+            event = audit.append_event(
+                session,
+                "image.assessed",
+                image.id,
+                {
+                    "job_id": job.id,
+                    "prediction_id": prediction.id,
+                    "model_digest": model.digest,
+                    "sha256": result.sha256,
+                    "backend": result.backend,
+                    "device": result.device,
+                    "precision": result.precision,
+                    "probability": result.probability,
+                    "raw_probability": result.raw_probability,
+                    "decision": result.decision,
+                    "threshold": result.threshold,
+                    "tiles": len(result.tiles),
+                },
+                actor,
+                now,
+            )
+            if alert_id is not None:
+                event = audit.append_event(
+                    session,
+                    "alert.raised",
+                    image.id,
+                    {
+                        "alert_id": alert_id,
+                        "kind": "tumour-at-margin",
+                        "prediction_id": prediction.id,
+                    },
+                    actor,
+                    now,
+                )
+            _pause_point("finish_job:after_audit")
+            job.state = "done"
+            job.prediction_id = prediction.id
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.error_class = None
+            job.error_message = None
+            job.finished_at = now
+            job.updated_at = now
+            session.flush()
+            _pause_point("finish_job:before_commit")
+            logger.info(
+                "image %s assessed: prediction %d decision=%s",
+                image.id,
+                prediction.id,
+                result.decision,
+            )
+            return FinishOutcome(
+                prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq
+            )
+
+    def mark_duplicate(
+        self,
+        job_id: int,
+        owner: str,
+        sha256: str,
+        of_prediction_id: int,
+        *,
+        actor: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Close a job whose bytes were already assessed by the same model: link, don't rerun."""
+        now = _now(now)
+        with self._write() as session:
+            job = self._held_job(session, job_id, owner)
+            if session.get(Prediction, of_prediction_id) is None:
+                raise NotFoundError(f"prediction {of_prediction_id}: no such prediction")
+            image = session.get(Image, job.image_id)
+            assert image is not None
+            image.sha256 = sha256
+            job.state = "duplicate"
+            job.prediction_id = of_prediction_id
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.finished_at = now
+            job.updated_at = now
+            audit.append_event(
+                session,
+                "image.duplicate",
+                image.id,
+                {"job_id": job.id, "sha256": sha256, "of_prediction_id": of_prediction_id},
+                actor or owner,
+                now,
+            )
+
+    def fail_job(
+        self,
+        job_id: int,
+        owner: str,
+        error_class: str,
+        message: str,
+        retry_after_seconds: float | None,
+        max_attempts: int,
+        *,
+        actor: str | None = None,
+        now: datetime | None = None,
+    ) -> FailOutcome:
+        """Retry later (pending + not_before) or fail for good with a not-assessed alert."""
+        now = _now(now)
+        actor = actor or owner
+        with self._write() as session:
+            job = self._held_job(session, job_id, owner)
+            job.error_class = error_class
+            job.error_message = message
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.updated_at = now
+            if retry_after_seconds is not None and job.attempts < max_attempts:
+                job.state = "pending"
+                job.not_before = now + timedelta(seconds=retry_after_seconds)
+                audit.append_event(
+                    session,
+                    "job.retry_scheduled",
+                    job.image_id,
+                    {
+                        "job_id": job.id,
+                        "attempts": job.attempts,
+                        "error_class": error_class,
+                        "not_before": job.not_before.isoformat(),
+                    },
+                    actor,
+                    now,
+                )
+                return FailOutcome(
+                    state="pending", attempts=job.attempts, not_before=job.not_before, alert_id=None
+                )
+            alert_id = self._fail_final(session, job, error_class, message, actor, now)
+            return FailOutcome(
+                state="failed", attempts=job.attempts, not_before=None, alert_id=alert_id
+            )
+
+    @staticmethod
+    def _fail_final(
+        session: Session, job: Job, error_class: str, message: str, actor: str, now: datetime
+    ) -> int:
+        job.state = "failed"
+        job.error_class = error_class
+        job.error_message = message
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.not_before = None
+        job.finished_at = now
+        job.updated_at = now
+        alert = Alert(
+            kind="not-assessed",
+            image_id=job.image_id,
+            job_id=job.id,
+            raised_at=now,
+            message=f"NOT ASSESSED ({error_class}): {message}",
+        )
+        session.add(alert)
+        session.flush()
+        audit.append_event(
+            session,
+            "image.failed",
+            job.image_id,
+            {
+                "job_id": job.id,
+                "attempts": job.attempts,
+                "error_class": error_class,
+                "message": message,
+            },
+            actor,
+            now,
+        )
+        audit.append_event(
+            session,
+            "alert.raised",
+            job.image_id,
+            {"alert_id": alert.id, "kind": "not-assessed", "job_id": job.id},
+            actor,
+            now,
+        )
+        logger.warning(
+            "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
+        )
+        return alert.id
+
+    # --- alerts, audit, heartbeat ---------------------------------------------------
+
+    def acknowledge(
+        self, alert_id: int, by: str, note: str | None = None, *, now: datetime | None = None
+    ) -> AlertView:
+        """Record who acknowledged an alert (once); audited with ``by`` as actor."""
+        if not by.strip():
+            raise ConflictError("acknowledge: `by` must name the person acknowledging")
+        now = _now(now)
+        with self._write() as session:
+            alert = session.get(Alert, alert_id)
+            if alert is None:
+                raise NotFoundError(f"alert {alert_id}: no such alert")
+            if alert.acknowledged_at is not None:
+                raise ConflictError(
+                    f"alert {alert_id}: already acknowledged by {alert.acknowledged_by} "
+                    f"at {alert.acknowledged_at.isoformat(timespec='seconds')}"
+                )
+            alert.acknowledged_by = by
+            alert.acknowledged_at = now
+            alert.ack_note = note
+            audit.append_event(
+                session,
+                "alert.acknowledged",
+                alert.image_id,
+                {"alert_id": alert.id, "kind": alert.kind, "note": note},
+                by,
+                now,
+            )
+            session.flush()
+            return _queries.alert_view(session, alert)
+
+    def audit(
+        self,
+        action: str,
+        object_id: str | int,
+        payload: Mapping[str, Any],
+        actor: str,
+        *,
+        now: datetime | None = None,
+    ) -> AuditEventView:
+        """Append one event (configuration loaded, daemon start/stop, ...)."""
+        with self._write() as session:
+            return audit.to_view(
+                audit.append_event(session, action, object_id, payload, actor, _now(now))
+            )
+
+    def verify_audit(
+        self, anchor: audit.AuditAnchor | str | os.PathLike[str] | None = None
+    ) -> AuditReport:
+        """Walk the hash chain; with an anchor (object or file), also check it is in it.
+
+        An anchor *file* that does not exist yet is not checked (``anchor_checked`` False):
+        the caller writes one from the report (:meth:`AuditAnchor.write`).
+        """
+        if anchor is not None and not isinstance(anchor, audit.AuditAnchor):
+            anchor = audit.AuditAnchor.read(anchor) if Path(anchor).exists() else None
+        with self._read() as session:
+            return audit.verify_chain(session, anchor)
+
+    def audit_events(
+        self,
+        object_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEventView]:
+        with self._read() as session:
+            return _queries.audit_events(session, object_id, since, until, limit)
+
+    def heartbeat(
+        self,
+        owner: str,
+        status: str = "running",
+        *,
+        details: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Refresh the single heartbeat row (``started_at`` resets when the owner changes)."""
+        now = _now(now)
+        with self._write(audited=False) as session:
+            row = session.get(Heartbeat, 1)
+            body = audit.canonical_json(dict(details or {}))
+            if row is None:
+                session.add(
+                    Heartbeat(
+                        id=1,
+                        owner=owner,
+                        status=status,
+                        details_json=body,
+                        started_at=now,
+                        beat_at=now,
+                    )
+                )
+                return
+            if row.owner != owner:
+                row.started_at = now
+            row.owner, row.status, row.details_json, row.beat_at = owner, status, body, now
+
+    def read_heartbeat(self) -> HeartbeatView | None:
+        with self._read() as session:
+            return _queries.heartbeat(session)
+
+    # --- reads for the dashboard and auditors --------------------------------------
+
+    def open_alerts(self) -> list[AlertView]:
+        with self._read() as session:
+            return _queries.alerts(session, open_only=True)
+
+    def alerts(self, *, open_only: bool = False, limit: int | None = None) -> list[AlertView]:
+        with self._read() as session:
+            return _queries.alerts(session, open_only=open_only, limit=limit)
+
+    def latest_alert_detail(self) -> AlertDetail | None:
+        """The newest unacknowledged alert with its tiles and heatmap."""
+        with self._read() as session:
+            return _queries.latest_alert_detail(session)
+
+    def recent_results(self, limit: int = 10) -> list[ImageRow]:
+        with self._read() as session:
+            return _queries.image_rows(session, limit=limit)
+
+    def counters(self, since: datetime) -> Counters:
+        with self._read() as session:
+            return _queries.counters(session, _now(since))
+
+    def queue_depth(self) -> int:
+        """Jobs not finished yet: pending (including retries waiting) plus processing."""
+        with self._read() as session:
+            return _queries.queue_depth(session)
+
+    def list_images(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        decision: bool | None = None,
+        kind: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+    ) -> list[ImageRow]:
+        """One row per image with its final state (``marginwatch audit list``)."""
+        with self._read() as session:
+            return _queries.image_rows(
+                session,
+                since=since,
+                until=until,
+                decision=decision,
+                kind=kind,
+                state=state,
+                limit=limit,
+            )
+
+    def image_detail(self, image_id: str) -> ImageDetail:
+        """Everything about one image; ``image_id`` may be a unique prefix (>= 4 chars)."""
+        with self._read() as session:
+            return _queries.image_detail(session, image_id)
+
+
+def _check_sqlite_file(path: Path, *, readonly: bool, create: bool) -> None:
+    """Refuse early, naming the file, what SQLite would report obscurely or not at all."""
+    if path.is_dir():
+        raise DatabaseUnavailableError(f"{path}: is a directory, not a database file")
+    if not path.exists():
+        if readonly or not create:
+            raise DatabaseUnavailableError(
+                f"{path}: no such database file"
+                + ("" if readonly else "; run `marginwatch db upgrade` to create it")
+            )
+        if not path.parent.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailableError(
+                    f"{path}: cannot create its folder ({exc.strerror})"
+                ) from exc
+        return
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise DatabaseUnavailableError(f"{path}: cannot read ({exc.strerror})") from exc
+    if header and header != b"SQLite format 3\x00":
+        raise DatabaseUnavailableError(f"{path}: not an SQLite database (wrong file header)")
+    if not readonly and not os.access(path, os.W_OK):
+        raise DatabaseUnavailableError(
+            f"{path}: the database file is read-only; cannot open it for writing"
+        )
+    if not readonly and not os.access(path.parent, os.W_OK):
+        raise DatabaseUnavailableError(
+            f"{path.parent}: folder is read-only; SQLite needs it writable for its WAL files"
+        )
