@@ -119,6 +119,47 @@ DbOption = Annotated[
 # --- deployment commands (install-systemd) ---------------------------------------
 
 
+@app.command("install-systemd")
+def install_systemd_command(
+    export_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--export-dir",
+            help="The scanner's export folder (required on the first install).",
+            show_default=False,
+        ),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Install prefix; the venv is PREFIX/venv.")
+    ] = "/opt/marginwatch",
+    db_url: Annotated[
+        str | None,
+        typer.Option(
+            "--db-url",
+            help="Database URL for a new configuration; PostgreSQL over TCP also lets the "
+            "services reach the network. Default: SQLite in /var/lib/marginwatch.",
+            show_default=False,
+        ),
+    ] = None,
+    console: Annotated[
+        str,
+        typer.Option("--console", help="Virtual terminal for the theatre dashboard, or 'none'."),
+    ] = "tty1",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every step; change nothing.")
+    ] = False,
+    root: Annotated[Path | None, typer.Option("--root", hidden=True)] = None,
+) -> None:
+    """Install the daemon and the theatre console as hardened systemd services."""
+    from marginwatch.daemon.install import InstallOptions, install_systemd
+
+    options = InstallOptions(
+        export_dir=export_dir, prefix=prefix, db_url=db_url, console=console,
+        dry_run=dry_run, root=root,
+    )
+    guarded(install_systemd, options, echo=typer.echo)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``marginwatch`` console script."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="marginwatch")

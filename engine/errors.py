@@ -24,7 +24,8 @@ This module imports nothing heavy: storage and the CLI import it without torch.
     │   ├── ConflictError           the change conflicts with the recorded state
     │   └── AuditChainError         the audit hash chain is broken
     ├── ManifestError               a training/evaluation manifest is unusable
-    └── DaemonError                 the service cannot start or keep running
+    ├── DaemonError                 the service cannot start or keep running
+    └── DeploymentError             install-systemd cannot install as asked
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DaemonError",
+    "DeploymentError",
     "DatabaseUnavailableError",
     "EngineBuildError",
     "ImageTooLargeError",
@@ -125,3 +127,7 @@ class ManifestError(MarginwatchError):
 
 class DaemonError(MarginwatchError):
     """The service cannot start or keep running."""
+
+
+class DeploymentError(MarginwatchError):
+    """``install-systemd`` cannot install as asked (not root, no systemd, bad option)."""
