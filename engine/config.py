@@ -92,6 +92,9 @@ class DaemonConfig(_Section):
     max_batch_wait_ms: float = Field(50.0, ge=0)
     shutdown_seconds: float = Field(20.0, gt=0)
     heartbeat_seconds: float = Field(2.0, gt=0)
+    db_busy_timeout_seconds: float = Field(
+        10.0, ge=0, description="how long an SQLite writer waits for the lock before giving up"
+    )
     anchor_file: Path | None = None
 
     def resolved_db_url(self) -> str:
