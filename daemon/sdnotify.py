@@ -9,7 +9,9 @@ newline-separated ``KEY=value`` assignments to it, one datagram per message:
 - ``WATCHDOG=1`` at least every ``WATCHDOG_USEC`` microseconds, else systemd kills
   and (with ``Restart=on-failure``) restarts it;
 - ``RELOADING=1`` + ``MONOTONIC_USEC=...`` at the start of a reload, ``READY=1`` after;
-- ``STOPPING=1`` when shutting down; ``EXTEND_TIMEOUT_USEC=...`` to ask for more time.
+- ``STOPPING=1`` when shutting down; ``EXTEND_TIMEOUT_USEC=...`` to ask for more time;
+- ``WATCHDOG_USEC=...`` to change the watchdog deadline (the watchdog runs from the
+  moment the process starts, so a long start-up must ping too, or widen it first).
 
 Without ``NOTIFY_SOCKET`` (a foreground run, tests) every call is a no-op. A send that
 fails is logged once and otherwise ignored: notification is advisory, and the service
@@ -147,6 +149,19 @@ class Notifier:
     def extend_timeout(self, seconds: float) -> bool:
         """``EXTEND_TIMEOUT_USEC``: the current start/stop step needs ``seconds`` more."""
         return self.notify(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
+
+    def set_watchdog_timeout(self, seconds: float | None) -> bool:
+        """``WATCHDOG_USEC=...``: change systemd's watchdog deadline; None restores the unit's.
+
+        systemd arms the watchdog when it starts the process, not at READY=1: a start-up
+        step longer than WatchdogSec (a TensorRT engine build) must either keep pinging
+        or widen the deadline with this first and restore it after. The ping interval
+        (:attr:`watchdog_interval_seconds`) stays the unit's.
+        """
+        if self._watchdog_usec is None:
+            return False
+        usec = self._watchdog_usec if seconds is None else max(1, int(seconds * 1_000_000))
+        return self.notify(f"WATCHDOG_USEC={usec}")
 
     def notify(self, *assignments: str, status: str | None = None) -> bool:
         """Send ``assignments`` (``KEY=value`` strings) as one datagram.
