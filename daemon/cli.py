@@ -112,6 +112,29 @@ DbOption = Annotated[
 
 # --- daemon commands (run) -------------------------------------------------------
 
+
+@app.command("run")
+def run_command(
+    watch: Annotated[
+        Path | None,
+        typer.Option("--watch", help="The scanner's export folder (default: daemon.watch_dir).",
+                     show_default=False),
+    ] = None,
+    config: ConfigOption = None,
+    db: DbOption = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model folder (default: daemon.model_dir).",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Watch the export folder and assess every new image once (foreground; systemd runs it)."""
+    from marginwatch.daemon.service import run_daemon
+
+    code = guarded(run_daemon, watch=watch, config_path=config, db=db, model_dir=model)
+    raise typer.Exit(code)
+
+
 # --- console commands (dashboard, ack, demo) -------------------------------------
 
 # --- tools commands (synth, train, evaluate, export, bench) ----------------------

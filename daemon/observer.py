@@ -74,6 +74,10 @@ class PathFilter:
     """
 
     def __init__(self, image_globs: Iterable[str], ignore_globs: Iterable[str]) -> None:
+        self.update(image_globs, ignore_globs)
+
+    def update(self, image_globs: Iterable[str], ignore_globs: Iterable[str]) -> None:
+        """Replace the globs (SIGHUP); the observer thread sees the new ones at once."""
         self.image_globs = tuple(g.lower() for g in image_globs)
         self.ignore_globs = tuple(g.lower() for g in ignore_globs)
 

@@ -73,7 +73,9 @@ class DaemonConfig(_Section):
     state_dir: Path = Path("/var/lib/marginwatch")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in state_dir")
     model_dir: Path | None = None
-    observer: Literal["inotify", "polling"] = "inotify"
+    observer: Literal["inotify", "polling", "none"] = Field(
+        "inotify", description="polling for SMB/NFS shares; none: reconcile scans only"
+    )
     poll_interval_seconds: float = Field(1.0, gt=0)
     settle_seconds: float = Field(2.0, ge=0)
     stable_polls: int = Field(2, ge=1)

@@ -1,0 +1,337 @@
+"""The processing pipeline: readers -> one inference thread -> one finisher.
+
+::
+
+    main loop --claim_job--> reader queue --> reader threads (``workers``)
+                                                 | safe open, engine.prepare (read, check,
+                                                 | tile, SHA-256), early duplicate check
+                                                 v
+                                         TileBatcher (one thread): tiles of several
+                                         images per backend call, <= max_batch_wait_ms
+                                                 v
+                              finisher queue --> finisher thread: engine.finish (CAM,
+                                                 aggregate) and ONE store call per job:
+                                                 finish_job | mark_duplicate | fail_job
+
+Reading and preprocessing of the next images overlap with inference of the current
+batch. The finisher is the only thread that writes a job's outcome, so two copies of
+the same bytes in flight at once end as one assessment and one ``duplicate``.
+
+Every failure becomes a ``fail_job`` with a reason a person can act on; the store
+retries it after ``retry_delay_seconds`` or, after ``max_attempts`` (or at once, for
+errors that cannot heal, such as a symbolic link out of the export folder), records it
+``failed`` with a not-assessed alert. Logs name images by id only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import stat as stat_module
+import threading
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from marginwatch.engine.errors import (
+    BackendError,
+    ConflictError,
+    ImageTooLargeError,
+    InputError,
+    MarginwatchError,
+    NotFoundError,
+    UnreadableImageError,
+    UnsupportedImageError,
+)
+
+from .batching import TileBatcher
+
+__all__ = ["Pipeline", "RefusedFileError", "Settings"]
+
+logger = logging.getLogger(__name__)
+
+
+class RefusedFileError(InputError):
+    """The path is not something the daemon will open (a link out, not a regular file)."""
+
+
+@dataclass
+class Settings:
+    """The pipeline's live-changeable settings (SIGHUP replaces them)."""
+
+    max_attempts: int
+    retry_delay_seconds: float
+
+
+@dataclass(eq=False)
+class _Work:
+    job: Any  # storage ClaimedJob
+    prepared: Any = None  # engine PreparedImage
+    started: float = field(default_factory=time.monotonic)
+
+
+_ADVICE: list[tuple[type[BaseException], str, bool]] = [
+    # (error class, what a person can do, retry?)
+    (RefusedFileError, "copy the image into the export folder instead of linking to it", False),
+    (ImageTooLargeError, "export a smaller field of view, or raise engine.max_pixels", False),
+    (UnsupportedImageError, "export a grey, two-channel or RGB TIFF/PNG from the scanner", False),
+    (UnreadableImageError, "re-export the image from the scanner", True),
+    (InputError, "re-export the image from the scanner", False),
+    (FileNotFoundError, "the file was removed or renamed before it could be read", False),
+    (PermissionError, "give the marginwatch service user read access to the export folder", True),
+    (OSError, "check the export share (network or disk error while reading)", True),
+    (BackendError, "check the inference device (see the daemon log)", True),
+]
+
+
+def describe_failure(exc: BaseException, abs_path: str, rel_path: str) -> tuple[str, str, bool]:
+    """``(error_class, message, retryable)``; the message never carries the absolute path."""
+    for cls, advice, retry in _ADVICE:
+        if isinstance(exc, cls):
+            break
+    else:
+        advice, retry = "internal error; see the daemon log and report it", True
+    if isinstance(exc, OSError) and not isinstance(exc, MarginwatchError):
+        what = exc.strerror or type(exc).__name__
+        text = f"{rel_path}: cannot read the file ({what})"
+    else:
+        text = str(exc).replace(abs_path, rel_path) or type(exc).__name__
+    return type(exc).__name__, f"{text}; {advice}", retry
+
+
+def resolve_inside(root_real: str, rel_path: str) -> str:
+    """The path to read for ``rel_path``, refusing links that leave ``root_real``.
+
+    A symbolic link is followed only when its target (fully resolved) lies inside the
+    export folder; the target must be a regular file. Raises :class:`RefusedFileError`,
+    or ``OSError`` (FileNotFoundError, PermissionError) from ``lstat``/``stat``.
+    """
+    path = os.path.join(root_real, rel_path)
+    st = os.lstat(path)
+    if stat_module.S_ISLNK(st.st_mode) or os.path.realpath(path) != path:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, root_real]) != root_real:
+            raise RefusedFileError(
+                f"{rel_path}: is a symbolic link (or lies under one) that resolves outside "
+                "the export folder; refused"
+            )
+        path = real
+        st = os.stat(path)
+    if not stat_module.S_ISREG(st.st_mode):
+        raise RefusedFileError(f"{rel_path}: not a regular file; refused")
+    return path
+
+
+class Pipeline:
+    """Readers, inference and finisher for claimed jobs; see the module docstring.
+
+    ``engine`` has ``prepare(path) -> PreparedImage``, ``finish(prepared, inference) ->
+    Assessment`` and ``record(assessment) -> AssessmentRecord`` (the service binds the
+    engine's functions to the model and configuration); ``infer(batch) -> Inference``
+    runs the backend. Use as a context manager or
+    ``start()``/``stop()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Any,
+        engine: Any,
+        infer: Any,
+        model_id: int,
+        root: str,
+        owner: str,
+        settings: Settings,
+        workers: int,
+        max_batch_tiles: int,
+        max_batch_wait_ms: float,
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._model_id = model_id
+        self._root = os.path.realpath(root)
+        self._owner = owner
+        self.settings = settings
+        self._reader_q: queue.Queue[_Work | None] = queue.Queue()
+        self._finish_q: queue.Queue[tuple[str, _Work, Any] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, _Work] = {}
+        self._closing = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self._readers = [
+            threading.Thread(target=self._read_loop, name=f"mw-reader-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._batcher = TileBatcher(
+            infer,
+            self._on_inferred,
+            max_batch_tiles=max_batch_tiles,
+            max_batch_wait_ms=max_batch_wait_ms,
+        )
+        self._finisher = threading.Thread(target=self._finish_loop, name="mw-finisher", daemon=True)
+
+    # --- control -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for t in self._readers:
+            t.start()
+        self._batcher.start()
+        self._finisher.start()
+
+    def set_batching(self, max_batch_tiles: int, max_batch_wait_ms: float) -> None:
+        self._batcher.max_batch_tiles = max_batch_tiles
+        self._batcher.max_batch_wait_ms = max_batch_wait_ms
+
+    def submit(self, job: Any) -> None:
+        work = _Work(job)
+        with self._lock:
+            self._in_flight[job.job_id] = work
+        self._reader_q.put(work)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def is_in_flight(self, job_id: int) -> bool:
+        with self._lock:
+            return job_id in self._in_flight
+
+    def in_flight_jobs(self) -> list[Any]:
+        with self._lock:
+            return [w.job for w in self._in_flight.values()]
+
+    def healthy(self) -> bool:
+        return all(t.is_alive() for t in self._readers) and self._finisher.is_alive()
+
+    def stop(self, timeout_seconds: float) -> list[Any]:
+        """Finish what is in flight within ``timeout_seconds``; return the jobs that were not.
+
+        Intake must already have stopped (no more :meth:`submit`). The returned jobs
+        are still leased to this owner: the caller releases them.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while self.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._closing.set()
+        for _ in self._readers:
+            self._reader_q.put(None)
+        self._batcher.stop(drain=False, timeout=max(0.1, deadline - time.monotonic()))
+        self._finish_q.put(None)
+        for t in (*self._readers, self._finisher):
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            left = [w.job for w in self._in_flight.values()]
+            self._in_flight.clear()
+        return left
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0)
+
+    # --- readers -------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while not self._closing.is_set():
+            work = self._reader_q.get()
+            if work is None or self._closing.is_set():
+                return
+            job = work.job
+            abs_path = os.path.join(self._root, job.rel_path)
+            try:
+                path = resolve_inside(self._root, job.rel_path)
+                prepared = self._engine.prepare(path)
+            except Exception as exc:  # every failure is recorded by the finisher
+                self._finish_q.put(("fail", work, (exc, abs_path)))
+                continue
+            work.prepared = prepared
+            try:
+                earlier = self._store.find_assessment(prepared.sha256, self._model_id)
+            except Exception as exc:
+                self._finish_q.put(("fail", work, (exc, abs_path)))
+                continue
+            if earlier is not None:
+                self._finish_q.put(("duplicate", work, earlier))
+            elif int(prepared.tiles.shape[0]) == 0:
+                self._finish_q.put(("assess", work, None))
+            else:
+                self._batcher.submit(work, prepared.tiles)
+
+    def _on_inferred(self, work: _Work, inference: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            self._finish_q.put(("fail", work, (exc, os.path.join(self._root, work.job.rel_path))))
+        else:
+            self._finish_q.put(("assess", work, inference))
+
+    # --- finisher ------------------------------------------------------------------------
+
+    def _finish_loop(self) -> None:
+        while True:
+            item = self._finish_q.get()
+            if item is None:
+                return
+            kind, work, payload = item
+            try:
+                self._finish_one(kind, work, payload)
+            except (ConflictError, NotFoundError) as exc:
+                # The lease was lost (expired and taken by another worker): not ours now.
+                logger.warning("job %d image %s: outcome not recorded: %s",
+                               work.job.job_id, work.job.image_id, type(exc).__name__)
+                self.counts["lost"] += 1
+            except Exception as exc:  # the database failed: the lease will expire, retried
+                # (the message is not logged: SQL errors carry parameters, i.e. the path)
+                logger.error("job %d image %s: recording the outcome failed: %s",
+                             work.job.job_id, work.job.image_id, type(exc).__name__)
+                self.counts["unrecorded"] += 1
+            finally:
+                with self._lock:
+                    self._in_flight.pop(work.job.job_id, None)
+
+    def _finish_one(self, kind: str, work: _Work, payload: Any) -> None:
+        job = work.job
+        if kind in ("assess", "duplicate"):
+            sha = work.prepared.sha256
+            earlier = payload if kind == "duplicate" else None
+            if earlier is None:
+                earlier = self._store.find_assessment(sha, self._model_id)
+            if earlier is not None:
+                self._store.mark_duplicate(job.job_id, self._owner, sha, earlier)
+                self.counts["duplicate"] += 1
+                logger.info("image %s: duplicate of prediction %s", job.image_id, earlier)
+                return
+            try:
+                record = self._engine.record(self._engine.finish(work.prepared, payload))
+            except Exception as exc:
+                kind, payload = "fail", (exc, os.path.join(self._root, job.rel_path))
+            else:
+                outcome = self._store.finish_job(job.job_id, self._owner, record)
+                self.counts["assessed"] += 1
+                logger.info(
+                    "image %s: assessed p=%.3f decision=%s alert=%s in %.2fs",
+                    job.image_id, record.probability, "positive" if record.decision else "negative",
+                    outcome.alert_id, time.monotonic() - work.started,
+                )
+                return
+        exc, abs_path = payload
+        error_class, message, retry = describe_failure(exc, abs_path, job.rel_path)
+        outcome = self._store.fail_job(
+            job.job_id,
+            self._owner,
+            error_class,
+            message,
+            self.settings.retry_delay_seconds if retry else None,
+            self.settings.max_attempts,
+        )
+        state = getattr(outcome, "state", "failed")
+        self.counts["failed" if state == "failed" else "retry"] += 1
+        if not isinstance(exc, (MarginwatchError, OSError)):
+            frame = traceback.extract_tb(exc.__traceback__)[-1:]
+            where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+            logger.error("image %s: unexpected %s at %s", job.image_id, error_class, where)
+        logger.warning("image %s: %s (%s, attempt %d)", job.image_id, error_class,
+                       "failed" if state == "failed" else "will retry", job.attempts)

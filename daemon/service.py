@@ -1,0 +1,431 @@
+"""The daemon's main loop: intake, queue, heartbeat, signals, systemd.
+
+One main thread does everything that is not image work, in small steps so that it
+stays responsive (signals, WATCHDOG=1):
+
+- drain watchdog sightings into the :class:`ReadinessTracker`; new folders are scanned;
+- advance the reconcile scan (at start and every ``rescan_seconds``) a slice at a time;
+- every ``poll_interval_seconds``: poll the tracker; each ready file is recorded durably
+  as a pending job (``Store.record_discovery``; the same path+size+mtime never twice);
+- claim jobs (leases) while the :class:`Pipeline` has room; extend the leases of jobs in
+  flight; put expired leases of dead workers back (``requeue_expired``);
+- heartbeat row + ``STATUS=`` every ``heartbeat_seconds``; ``WATCHDOG=1`` when asked.
+
+SIGTERM/SIGINT: stop intake (observer, scans, claims), let the pipeline finish within
+``shutdown_seconds``, release what it could not, audit ``daemon.stop``, exit 0.
+SIGHUP: reload the configuration file, apply what can change live, audit
+``config.reloaded`` (what changed, what needs a restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from marginwatch.engine.config import Config, load_config
+from marginwatch.engine.errors import (
+    ConfigError,
+    ConflictError,
+    DaemonError,
+    MarginwatchError,
+    NotFoundError,
+    StorageError,
+)
+
+from .observer import FolderObserver, PathFilter, Sighting, scan_folder
+from .pipeline import Pipeline, Settings
+from .readiness import ReadinessTracker
+from .sdnotify import Notifier
+from .signals import SignalFlags
+
+__all__ = ["Service", "run_daemon"]
+
+logger = logging.getLogger(__name__)
+
+#: daemon settings that SIGHUP applies live; every other change needs a restart.
+LIVE_DAEMON_FIELDS = (
+    "settle_seconds", "stable_polls", "poll_interval_seconds", "rescan_seconds",
+    "ignore_globs", "image_globs", "max_attempts", "retry_delay_seconds", "lease_seconds",
+    "max_batch_tiles", "max_batch_wait_ms", "shutdown_seconds", "heartbeat_seconds",
+)
+#: engine settings read per image (so live); backend/precision/cache need a restart.
+RESTART_ENGINE_FIELDS = ("backend", "precision", "engine_cache_dir")
+SCAN_SLICE = 256  # entries of a reconcile scan taken per main-loop step
+SIGHTINGS_SLICE = 2000
+
+
+def configure_logging(level: str | None = None, environ: Mapping[str, str] = os.environ) -> None:
+    """One line per event on stderr; journald adds its own timestamps."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or environ.get("MARGINWATCH_LOG_LEVEL", "INFO").upper())
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+
+
+class Service:
+    """The running daemon around an open store, a loaded model and a backend.
+
+    ``stages`` has ``prepare``/``finish``/``record`` bound to the model (see
+    :class:`~marginwatch.daemon.pipeline.Pipeline`); ``infer`` runs the backend.
+    ``reload_config`` returns the configuration anew (SIGHUP). ``clock`` is injectable.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        watch_dir: Path,
+        store: Any,
+        stages: Any,
+        infer: Callable[[Any], Any],
+        model_id: int,
+        owner: str,
+        notifier: Notifier,
+        flags: SignalFlags,
+        reload_config: Callable[[], Config] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.root = os.path.realpath(watch_dir)
+        self.root_key = self.root
+        self.store = store
+        self.stages = stages
+        self.owner = owner
+        self.notifier = notifier
+        self.flags = flags
+        self._reload_config = reload_config
+        self._clock = clock
+        d = config.daemon
+        self._sightings: queue.Queue[Sighting] = queue.Queue()
+        self._filter = PathFilter(d.image_globs, d.ignore_globs)
+        self.observer = FolderObserver(
+            self.root, self._filter, self._sightings, kind=d.observer,
+            poll_interval_seconds=d.poll_interval_seconds,
+        )
+        self.tracker = ReadinessTracker(
+            self.root, settle_seconds=d.settle_seconds, stable_polls=d.stable_polls, clock=clock
+        )
+        self.pipeline = Pipeline(
+            store=store, engine=stages, infer=infer, model_id=model_id, root=self.root,
+            owner=owner, settings=Settings(d.max_attempts, d.retry_delay_seconds),
+            workers=d.workers, max_batch_tiles=d.max_batch_tiles,
+            max_batch_wait_ms=d.max_batch_wait_ms,
+        )
+        self._scans: list[Iterator[str]] = []
+        self._known: set[tuple[str, int, int]] = set()
+        self.recorded = 0
+        self.claimed = 0
+        self._errors_in_a_row = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def should_keep_running(self) -> bool:
+        return not self.flags.stop.is_set()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.observer.stop()
+
+    def _capacity(self) -> int:
+        d = self.config.daemon
+        return 2 * d.workers + max(1, d.max_batch_tiles // 2)
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
+        if not os.path.isdir(self.root):
+            raise DaemonError(f"{self.root}: watch folder does not exist or is not a folder")
+        self.pipeline.start()
+        self.observer.start()
+        self._scans.append(scan_folder(self.root, self._filter))
+        self._step_scans()  # the first scan has started
+        self.notifier.ready(status="watching; first scan running")
+        logger.info("ready: watching with %s observer as %s", self.observer.kind, self.owner)
+        now = self._clock()
+        next_poll = next_beat = next_lease = now
+        next_rescan = now + self.config.daemon.rescan_seconds
+        watchdog_every = self.notifier.watchdog_interval_seconds
+        next_watchdog = now
+        exit_code = 0
+        while self.should_keep_running():
+            d = self.config.daemon
+            now = self._clock()
+            if watchdog_every is not None and now >= next_watchdog:
+                self.notifier.watchdog()
+                next_watchdog = now + watchdog_every
+            if self.flags.reload.is_set():
+                self.flags.reload.clear()
+                self.reload()
+            if not self.pipeline.healthy():
+                logger.error("a worker thread died; stopping so that systemd restarts the daemon")
+                self.flags.request_stop("worker-died")
+                exit_code = 1
+                break
+            try:
+                self._drain_sightings()
+                self._step_scans()
+                if now >= next_poll:
+                    self._record_ready()
+                    next_poll = now + d.poll_interval_seconds
+                if now >= next_rescan:
+                    self._scans.append(scan_folder(self.root, self._filter))
+                    next_rescan = now + d.rescan_seconds
+                if now >= next_lease:
+                    self._keep_leases()
+                    next_lease = now + max(0.2, d.lease_seconds / 3)
+                self._claim()
+                if now >= next_beat:
+                    self._beat("running")
+                    next_beat = now + d.heartbeat_seconds
+                self._errors_in_a_row = 0
+            except StorageError as exc:
+                self._errors_in_a_row += 1
+                logger.error("database step failed (%s: %s); retrying", type(exc).__name__, exc)
+                self.flags.stop.wait(min(5.0, 0.2 * self._errors_in_a_row))
+            busy = bool(self._scans) or not self._sightings.empty()
+            if not busy:
+                try:
+                    sighting = self._sightings.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+                else:
+                    self._note(sighting)
+        self._shutdown()
+        return exit_code
+
+    def _shutdown(self) -> None:
+        d = self.config.daemon
+        started = self._clock()
+        reason = self.flags.stop_reason or "stop"
+        logger.info("stopping (%s): intake closed, %d job(s) in flight",
+                    reason, self.pipeline.in_flight())
+        self.notifier.stopping(status=f"stopping ({reason})")
+        self.observer.stop()
+        self._scans.clear()
+        left = self.pipeline.stop(max(0.1, d.shutdown_seconds * 0.7))
+        released = 0
+        for job in left:
+            try:
+                # No release call in the store API: a retry with no delay that cannot
+                # exhaust the attempts (it is not the file's fault) puts it back to pending.
+                self.store.fail_job(
+                    job.job_id, self.owner, "Interrupted",
+                    "the daemon stopped before the assessment finished; it will run again",
+                    0.0, job.attempts + 1,
+                )
+                released += 1
+            except (ConflictError, NotFoundError):
+                pass
+            except MarginwatchError as exc:
+                logger.error("job %d: could not be released (%s); its lease will expire",
+                             job.job_id, type(exc).__name__)
+        counts = dict(self.pipeline.counts)
+        try:
+            self._beat("stopped")
+            self.store.audit("daemon.stop", self.owner, {
+                "reason": reason, "released_jobs": released, "counts": counts,
+                "recorded": self.recorded, "seconds": round(self._clock() - started, 3),
+            }, self.owner)
+        except MarginwatchError as exc:
+            logger.error("could not record the stop (%s)", type(exc).__name__)
+        logger.info("stopped (%s) in %.2fs: %d released, counts %s",
+                    reason, self._clock() - started, released, counts)
+
+    # --- intake ------------------------------------------------------------------------------
+
+    def _note(self, sighting: Sighting) -> None:
+        if sighting.kind == "folder":
+            self._scans.append(scan_folder(self.root, self._filter, under=sighting.rel_path))
+        else:
+            self.tracker.note(sighting.kind, sighting.rel_path)
+
+    def _drain_sightings(self) -> None:
+        for _ in range(SIGHTINGS_SLICE):
+            try:
+                self._note(self._sightings.get_nowait())
+            except queue.Empty:
+                return
+
+    def _step_scans(self) -> None:
+        budget = SCAN_SLICE
+        while self._scans and budget > 0:
+            scan = self._scans[0]
+            for rel_path in scan:
+                if rel_path not in self.tracker:
+                    self.tracker.note("scan", rel_path)
+                budget -= 1
+                if budget == 0:
+                    return
+            self._scans.pop(0)
+
+    def _record_ready(self) -> None:
+        for ready in self.tracker.poll():
+            key = (ready.rel_path, ready.size, ready.mtime_ns)
+            if key in self._known:
+                continue
+            found = self.store.record_discovery(
+                self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner
+            )
+            self._known.add(key)
+            if found is not None:
+                self.recorded += 1
+
+    # --- the queue ---------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        d = self.config.daemon
+        while self.pipeline.in_flight() < self._capacity() and self.should_keep_running():
+            job = self.store.claim_job(self.owner, d.lease_seconds)
+            if job is None:
+                return
+            if job.root_key != self.root_key:
+                # Another daemon's folder sharing this database: not ours to read.
+                self.store.fail_job(job.job_id, self.owner, "OtherRoot",
+                                    "claimed by a daemon watching another folder",
+                                    d.retry_delay_seconds, job.attempts + 1)
+                return
+            self.claimed += 1
+            self.pipeline.submit(job)
+
+    def _keep_leases(self) -> None:
+        d = self.config.daemon
+        for job in self.pipeline.in_flight_jobs():
+            try:
+                self.store.extend_lease(job.job_id, self.owner, d.lease_seconds)
+            except (ConflictError, NotFoundError):
+                pass  # finished meanwhile
+        requeued = self.store.requeue_expired(max_attempts=d.max_attempts, actor=self.owner)
+        if requeued:
+            logger.info("%d job(s) with an expired lease put back in the queue", requeued)
+
+    def _status_text(self) -> str:
+        c = self.pipeline.counts
+        return (f"watching; in flight {self.pipeline.in_flight()}, settling {len(self.tracker)}, "
+                f"recorded {self.recorded}, assessed {c['assessed']}, duplicate {c['duplicate']}, "
+                f"failed {c['failed']}, retries {c['retry']}")
+
+    def _beat(self, status: str) -> None:
+        c = self.pipeline.counts
+        self.store.heartbeat(self.owner, status, details={
+            "in_flight": self.pipeline.in_flight(), "settling": len(self.tracker),
+            "recorded": self.recorded, "assessed": c["assessed"], "duplicate": c["duplicate"],
+            "failed": c["failed"], "retries": c["retry"], "observer": self.observer.kind,
+        })
+        self.notifier.status(self._status_text())
+
+    # --- SIGHUP ------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the configuration and apply the settings that can change live."""
+        if self._reload_config is None:
+            return
+        self.notifier.reloading(status="reloading configuration")
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            logger.error("reload refused, configuration unchanged: %s", exc)
+            self.store.audit("config.reload_failed", self.owner, {"error": str(exc)}, self.owner)
+            self.notifier.ready(status=self._status_text())
+            return
+        old = self.config
+        changed: dict[str, list[Any]] = {}
+        needs_restart: list[str] = []
+        for section in ("daemon", "engine"):
+            before = getattr(old, section).model_dump(mode="json")
+            after = getattr(new, section).model_dump(mode="json")
+            for name, value in after.items():
+                if before.get(name) == value:
+                    continue
+                live = (name in LIVE_DAEMON_FIELDS if section == "daemon"
+                        else name not in RESTART_ENGINE_FIELDS)
+                if live:
+                    changed[f"{section}.{name}"] = [before.get(name), value]
+                    setattr(getattr(old, section), name, getattr(getattr(new, section), name))
+                else:
+                    needs_restart.append(f"{section}.{name}")
+        d = old.daemon
+        self.tracker.settle_seconds = d.settle_seconds
+        self.tracker.stable_polls = d.stable_polls
+        self._filter.update(d.image_globs, d.ignore_globs)  # shared with the observer
+        self.pipeline.settings = Settings(d.max_attempts, d.retry_delay_seconds)
+        self.pipeline.set_batching(d.max_batch_tiles, d.max_batch_wait_ms)
+        self.store.audit("config.reloaded", self.owner,
+                         {"source": new.source, "changed": changed, "needs_restart": needs_restart},
+                         self.owner)
+        logger.info("configuration reloaded: %d change(s) applied, %d need a restart (%s)",
+                    len(changed), len(needs_restart), ", ".join(needs_restart) or "none")
+        self.notifier.ready(status=self._status_text())
+
+
+# --- start-up ----------------------------------------------------------------------------------
+
+
+def _owner() -> str:
+    return f"marginwatch-daemon@{socket.gethostname()}:{os.getpid()}"
+
+
+def run_daemon(
+    *,
+    watch: Path | None,
+    config_path: Path | None = None,
+    db: str | None = None,
+    model_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """``marginwatch run``: load everything, run the service, return the exit code."""
+    env = os.environ if environ is None else environ
+    configure_logging(environ=env)
+    overrides = {"daemon": {"watch_dir": watch, "db_url": db, "model_dir": model_dir}}
+
+    def load() -> Config:
+        return load_config(config_path, environ=env, overrides=overrides)
+
+    config = load()
+    d = config.daemon
+    if d.watch_dir is None:
+        raise DaemonError("no folder to watch: pass --watch DIR or set daemon.watch_dir")
+    if not Path(d.watch_dir).is_dir():
+        raise DaemonError(f"{d.watch_dir}: watch folder does not exist or is not a folder")
+    if d.model_dir is None:
+        raise DaemonError("no model: pass --model DIR or set daemon.model_dir")
+    owner = _owner()
+    from marginwatch.storage import Store
+
+    from ._stages import load_stages
+
+    flags = SignalFlags().install()  # before the slow parts: a SIGTERM now is honoured
+    notifier = Notifier.from_environ(env)
+    store = Store.open(d.resolved_db_url(), upgrade=True)
+    try:
+        store.audit("config.loaded", owner, {
+            "source": config.source, "config": config.model_dump(mode="json")}, owner)
+        stages, infer, model_id, described = load_stages(config, store, actor=owner)
+        store.audit("daemon.start", owner, {
+            "pid": os.getpid(), "observer": d.observer, **described}, owner)
+        logger.info("model %s on %s (%s, %s)", described["model_digest"][:12],
+                    described["backend"], described["device"], described["precision"])
+        if flags.stop.is_set():
+            logger.info("stop requested during start-up")
+        service = Service(
+            config, watch_dir=Path(d.watch_dir), store=store, stages=stages, infer=infer,
+            model_id=model_id, owner=owner, notifier=notifier, flags=flags, reload_config=load,
+        )
+        with service:
+            return service.run()
+    finally:
+        flags.restore()
+        store.close()
+        notifier.close()
