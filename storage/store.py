@@ -123,6 +123,24 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def schema_status(
+        cls,
+        url_or_path: str | os.PathLike[str],
+        *,
+        busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+    ) -> tuple[str | None, str]:
+        """(current revision or None, this code's head), opened read-only, unchecked."""
+        target = parse_target(os.fspath(url_or_path))
+        if target.sqlite_path is not None:
+            _check_sqlite_file(target.sqlite_path, readonly=True, create=False)
+        engine = make_engine(target, readonly=True, busy_timeout_seconds=busy_timeout_seconds)
+        store = cls(engine, target, readonly=True, busy_timeout_seconds=busy_timeout_seconds)
+        try:
+            return store.current_revision(), schema.head_revision()
+        finally:
+            engine.dispose()
+
     @property
     def location(self) -> str:
         """The file path or the URL without its password (for messages)."""
@@ -825,8 +843,13 @@ class Store:
         kind: str | None = None,
         state: str | None = None,
         limit: int | None = None,
+        newest_first: bool = True,
     ) -> list[ImageRow]:
-        """One row per image with its final state (``marginwatch audit list``)."""
+        """One row per image with its final state (``marginwatch audit list``).
+
+        ``since``/``until`` bound when the image was first seen; ``decision`` filters on the
+        prediction, ``kind`` on any alert of that kind, ``state`` on the job state.
+        """
         with self._read() as session:
             return _queries.image_rows(
                 session,
@@ -836,6 +859,7 @@ class Store:
                 kind=kind,
                 state=state,
                 limit=limit,
+                newest_first=newest_first,
             )
 
     def image_detail(self, image_id: str) -> ImageDetail:
