@@ -1,0 +1,463 @@
+"""Tissue geometry of a synthetic prostate margin: stroma, glands, fat and the inked edge.
+
+Everything is laid out in micrometres and rasterised on a pixel grid of ``um_per_px``.
+The result is a pair of noise-free *expected* signals, acridine-orange fluorescence and
+reflectance, each (H, W) float32 roughly in [0, 1], that :mod:`._acquisition` turns into
+what a scanner records.
+
+What is drawn (intensities are fluorescence unless said otherwise):
+
+- the specimen edge: one side of the image is outside the specimen (dark); along the
+  boundary a thin, irregular band of surgical ink (bright in reflectance, quenches
+  fluorescence). Tumour "at the margin" means tumour glands reach this band;
+- stroma: dim, with wavy collagen fibres (bright in reflectance) and spindle nuclei
+  aligned with them; smooth-muscle patches have denser, more parallel fibres;
+- benign glands: large, branched (2-4 lobes), papillary infoldings, a tall luminal
+  layer with small basal-lying nuclei plus a flat basal-cell layer; some lumens hold
+  corpora amylacea (bright concentric bodies);
+- atrophy (benign mimic): lobules of small glands with a thin, flattened, mostly single
+  layer of small dark nuclei and scant cytoplasm;
+- tumour: small round crowded glands (or solid nests) with a single layer of enlarged
+  round nuclei with nucleoli and denser cytoplasm, infiltrating between benign glands;
+- fat (periprostatic, near the edge): large empty vacuoles with thin membranes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+__all__ = ["Style", "TissueFields", "draw_tissue"]
+
+KINDS = ("benign", "atrophy", "tumour-margin", "tumour-focal", "tumour-inside")
+
+
+@dataclass(frozen=True)
+class Style:
+    """Stain and tissue appearance; the centre and the patient each scale it."""
+
+    nucleus: float = 1.0  # acridine-orange nuclear brightness
+    cytoplasm: float = 0.34
+    stroma: float = 0.11
+    reflectance: float = 1.0  # reflectance gain
+    gland_density: float = 1.0
+    gland_scale: float = 1.0
+
+
+@dataclass
+class TissueFields:
+    """Noise-free expected signals, each (H, W) float32, and where tumour is."""
+
+    fluorescence: np.ndarray
+    reflectance: np.ndarray
+    tumour: np.ndarray  # (H, W) bool: pixels inside tumour glands
+    edge_side: int  # 0 top, 1 right, 2 bottom, 3 left: where the specimen ends
+    kind: str
+
+
+@dataclass
+class _Canvas:
+    h: int
+    w: int
+    um: float  # micrometres per pixel
+    lumen: np.ndarray = field(init=False)
+    luminal: np.ndarray = field(init=False)
+    basal: np.ndarray = field(init=False)
+    cyto_level: np.ndarray = field(init=False)
+    occupied: np.ndarray = field(init=False)
+    tumour: np.ndarray = field(init=False)
+    nuclei: list = field(default_factory=list)  # arrays (x, y, a, b, theta, value, nucleolus)
+    amylacea: list = field(default_factory=list)  # (x, y, r)
+    circles: list = field(default_factory=list)  # (x, y, r) footprints for spacing
+
+    def __post_init__(self) -> None:
+        shape = (self.h, self.w)
+        self.lumen = np.zeros(shape, np.float32)
+        self.luminal = np.zeros(shape, np.float32)
+        self.basal = np.zeros(shape, np.float32)
+        self.cyto_level = np.zeros(shape, np.float32)
+        self.occupied = np.zeros(shape, bool)
+        self.tumour = np.zeros(shape, bool)
+
+    def px(self, um: float) -> float:
+        return um / self.um
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
+    """Gaussian random field, zero mean, unit std, correlation length ~scale_px; (H, W)."""
+    if scale_px < 8:  # fine grain: filter at full resolution
+        out = ndimage.gaussian_filter(rng.standard_normal(shape, np.float32), sigma=scale_px / 2)
+    else:  # coarse: filter a small grid, then bilinear upsampling (Pillow: fast, deterministic)
+        step = scale_px / 4.0
+        small = (int(np.ceil(shape[0] / step)) + 3, int(np.ceil(shape[1] / step)) + 3)
+        grid = ndimage.gaussian_filter(rng.standard_normal(small, np.float32), sigma=2.0, mode="wrap")
+        size = (int(round(small[1] * step)), int(round(small[0] * step)))  # Pillow: (W, H)
+        out = np.asarray(Image.fromarray(grid).resize(size, Image.BILINEAR))
+        out = out[: shape[0], : shape[1]]
+    out = out - out.mean()
+    return (out / (out.std() + 1e-9)).astype(np.float32)
+
+
+# --- specimen edge ------------------------------------------------------------------
+
+
+def _edge_distance(rng: np.random.Generator, c: _Canvas, side: int) -> np.ndarray:
+    """Signed distance (px) from the specimen edge; > 0 inside tissue. (H, W)."""
+    n = c.w if side in (0, 2) else c.h
+    depth = c.px(rng.uniform(40, 110))
+    along = np.arange(n, dtype=np.float32)
+    wave = np.zeros(n, np.float32)
+    for period_um, amp_um in ((rng.uniform(500, 1400), rng.uniform(10, 40)),
+                              (rng.uniform(120, 300), rng.uniform(2, 10))):
+        wave += c.px(amp_um) * np.sin(2 * np.pi * along * c.um / period_um + rng.uniform(0, 6.3))
+    boundary = depth + wave  # distance from the image side to the edge
+    yy = np.arange(c.h, dtype=np.float32)[:, None]
+    xx = np.arange(c.w, dtype=np.float32)[None, :]
+    if side == 0:
+        return yy - boundary[None, :]
+    if side == 2:
+        return (c.h - 1 - yy) - boundary[None, :]
+    if side == 3:
+        return xx - boundary[:, None]
+    return (c.w - 1 - xx) - boundary[:, None]
+
+
+# --- glands -------------------------------------------------------------------------
+
+
+def _lobe_radius(rng: np.random.Generator, r0: float, kind: str) -> tuple:
+    harmonics = [(k, rng.uniform(0, 0.12 if kind == "benign" else 0.06), rng.uniform(0, 6.3))
+                 for k in (2, 3, 4)]
+    folds = []
+    if kind == "benign":
+        for _ in range(rng.integers(3, 8)):  # papillary infoldings: broad, round-tipped
+            folds.append((rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.5), rng.uniform(0.12, 0.25)))
+    return r0, harmonics, folds
+
+
+def _radius_at(phi: np.ndarray, lobe: tuple) -> np.ndarray:
+    r0, harmonics, folds = lobe
+    r = np.ones_like(phi)
+    for k, a, p in harmonics:
+        r += a * np.cos(k * phi + p)
+    for centre, depth, width in folds:
+        d = (phi - centre + np.pi) % (2 * np.pi) - np.pi
+        r -= depth * np.exp(-((d / width) ** 2))
+    return r0 * r
+
+
+def _add_gland(rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: float,
+               r0: float, style: Style) -> None:
+    """Rasterise one gland (lumen, epithelial layers) and queue its nuclei."""
+    if kind == "benign":
+        t1, t2 = c.px(rng.uniform(11, 17)), c.px(rng.uniform(3.5, 5))
+        lobes = [(0.0, 0.0, _lobe_radius(rng, r0, kind))]
+        for _ in range(rng.integers(0, 4)):  # branching: satellite lobes
+            ang = rng.uniform(0, 2 * np.pi)
+            dist = r0 * rng.uniform(0.7, 1.1)
+            lobes.append((dist * np.cos(ang), dist * np.sin(ang),
+                          _lobe_radius(rng, r0 * rng.uniform(0.45, 0.7), kind)))
+    elif kind == "atrophy":
+        t1, t2 = c.px(rng.uniform(3.5, 5.5)), c.px(2.5)
+        lobes = [(0.0, 0.0, _lobe_radius(rng, r0, kind))]
+    else:  # tumour: one layer, no basal cells
+        t1, t2 = c.px(rng.uniform(9, 13)), 0.0
+        lobes = [(0.0, 0.0, _lobe_radius(rng, r0, kind))]
+    extent = max(abs(dx) + lb[0] * 1.4 for dx, dy, lb in lobes)
+    extent = max(extent, max(abs(dy) + lb[0] * 1.4 for dx, dy, lb in lobes)) + t1 + t2 + 3
+    x0, x1 = int(max(0, cx - extent)), int(min(c.w, cx + extent + 1))
+    y0, y1 = int(max(0, cy - extent)), int(min(c.h, cy + extent + 1))
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    lumen = np.zeros(xx.shape, bool)
+    for dx, dy, lobe in lobes:
+        ox, oy = xx - (cx + dx), yy - (cy + dy)
+        lumen |= np.hypot(ox, oy) < _radius_at(np.arctan2(oy, ox), lobe)
+    if not lumen.any():
+        return
+    already = c.occupied[y0:y1, x0:x1]
+    dist = ndimage.distance_transform_edt(~lumen).astype(np.float32)
+    luminal = np.clip(t1 + 0.5 - dist, 0, 1) * (~lumen)
+    basal = np.clip(t1 + t2 + 0.5 - dist, 0, 1) * (~lumen) - luminal
+    free = ~already
+    c.lumen[y0:y1, x0:x1] = np.where(free, np.maximum(c.lumen[y0:y1, x0:x1], lumen), c.lumen[y0:y1, x0:x1])
+    c.luminal[y0:y1, x0:x1] = np.where(free, np.maximum(c.luminal[y0:y1, x0:x1], luminal), c.luminal[y0:y1, x0:x1])
+    c.basal[y0:y1, x0:x1] = np.where(free, np.maximum(c.basal[y0:y1, x0:x1], basal), c.basal[y0:y1, x0:x1])
+    level = {"benign": 1.0, "atrophy": 0.85, "tumour": 1.3}.get(kind, 1.3) * style.cytoplasm
+    foot = (lumen | (dist <= t1 + t2 + 0.5)) & free
+    c.cyto_level[y0:y1, x0:x1][foot] = level
+    c.occupied[y0:y1, x0:x1] |= foot
+    if kind == "tumour":
+        c.tumour[y0:y1, x0:x1] |= foot
+
+    gy, gx = np.gradient(dist)
+    normal = np.arctan2(gy, gx)
+
+    def ring(target: float, spacing_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sel = (np.abs(dist - target) < 0.75) & ~lumen & free
+        ys, xs = np.nonzero(sel)
+        if ys.size == 0:
+            return ys, xs, ys.astype(np.float32)
+        # one nucleus per spacing-sized cell of a grid, then drop near pairs
+        order = rng.permutation(ys.size)
+        ys, xs = ys[order], xs[order]
+        cell = (ys // spacing_px).astype(np.int64) * 100000 + (xs // spacing_px).astype(np.int64)
+        _, first = np.unique(cell, return_index=True)
+        ys, xs = ys[first], xs[first]
+        if ys.size > 1:
+            pts = np.column_stack([xs, ys]).astype(np.float32)
+            drop = {j for i, j in cKDTree(pts).query_pairs(spacing_px * 0.7)}
+            keep = np.array([i not in drop for i in range(ys.size)])
+            ys, xs = ys[keep], xs[keep]
+        return ys, xs, normal[ys, xs]
+
+    if kind == "benign":
+        ys, xs, th = ring(t1 - c.px(rng.uniform(3.5, 5.0)), c.px(7.5))
+        n = ys.size
+        a, b = c.px(rng.uniform(3.2, 4.0, n)), c.px(rng.uniform(2.3, 2.9, n))
+        c.nuclei.append((xs + x0 + 0.5, ys + y0 + 0.5, a, b, th,
+                         style.nucleus * rng.uniform(0.75, 0.95, n), np.zeros(n, bool)))
+        ys, xs, th = ring(t1 + t2 / 2, c.px(9.0))
+        n = ys.size
+        keep = rng.random(n) < 0.85
+        c.nuclei.append((xs[keep] + x0 + 0.5, ys[keep] + y0 + 0.5, c.px(rng.uniform(3.8, 5, keep.sum())),
+                         c.px(rng.uniform(1.3, 1.8, keep.sum())), th[keep] + np.pi / 2,
+                         style.nucleus * rng.uniform(0.8, 1.0, keep.sum()), np.zeros(keep.sum(), bool)))
+        if rng.random() < 0.35:  # corpora amylacea in the main lumen
+            inside = ndimage.distance_transform_edt(lumen)
+            r_ca = c.px(rng.uniform(7, 22))
+            ys, xs = np.nonzero(inside > r_ca + 2)
+            if ys.size:
+                i = rng.integers(ys.size)
+                c.amylacea.append((xs[i] + x0, ys[i] + y0, r_ca))
+    elif kind == "atrophy":
+        ys, xs, th = ring(t1 * 0.5, c.px(7.0))
+        n = ys.size
+        c.nuclei.append((xs + x0 + 0.5, ys + y0 + 0.5, c.px(rng.uniform(3.2, 4.2, n)),
+                         c.px(rng.uniform(1.5, 2.0, n)), th + np.pi / 2,
+                         style.nucleus * rng.uniform(0.9, 1.1, n), np.zeros(n, bool)))
+        ys, xs, th = ring(t1 + t2 / 2, c.px(12.0))
+        keep = rng.random(ys.size) < 0.3  # basal cells only here and there
+        n = int(keep.sum())
+        c.nuclei.append((xs[keep] + x0 + 0.5, ys[keep] + y0 + 0.5, c.px(rng.uniform(3.5, 4.5, n)),
+                         c.px(rng.uniform(1.2, 1.6, n)), th[keep] + np.pi / 2,
+                         style.nucleus * rng.uniform(0.8, 1.0, n), np.zeros(n, bool)))
+    else:
+        ys, xs, th = ring(t1 * 0.5, c.px(9.5))
+        n = ys.size
+        a = c.px(rng.uniform(4.0, 5.5, n))
+        c.nuclei.append((xs + x0 + 0.5, ys + y0 + 0.5, a, a * rng.uniform(0.8, 0.95, n), th,
+                         style.nucleus * rng.uniform(0.8, 1.05, n), rng.random(n) < 0.8))
+
+
+def _place(rng: np.random.Generator, c: _Canvas, coords: tuple[np.ndarray, np.ndarray],
+           r_px: float, gap_px: float, tries: int = 40,
+           min_edge: tuple[np.ndarray, float] | None = None) -> tuple[float, float] | None:
+    """A centre among ``coords`` (ys, xs) whose disc of r_px (+gap) overlaps no earlier gland."""
+    ys, xs = coords
+    if ys.size == 0:
+        return None
+    arr = np.asarray(c.circles, np.float32).reshape(-1, 3)
+    for _ in range(tries):
+        i = rng.integers(ys.size)
+        if min_edge is not None and min_edge[0][ys[i], xs[i]] < min_edge[1]:
+            continue
+        x, y = xs[i] + rng.uniform(0, 1), ys[i] + rng.uniform(0, 1)
+        if arr.size:
+            d = np.hypot(arr[:, 0] - x, arr[:, 1] - y)
+            if np.any(d < arr[:, 2] + r_px + gap_px):
+                continue
+        return x, y
+    return None
+
+
+# --- stroma and fat -----------------------------------------------------------------
+
+
+def _fibres(rng: np.random.Generator, c: _Canvas, muscle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Collagen/muscle fibre texture in [0, 1] and the fibre direction (radians); (H, W)."""
+    shape = (c.h, c.w)
+    yy = np.arange(c.h, dtype=np.float32)[:, None]
+    xx = np.arange(c.w, dtype=np.float32)[None, :]
+    total = np.zeros(shape, np.float32)
+    direction = np.zeros(shape, np.float32)
+    weight_sum = np.zeros(shape, np.float32) + 1e-6
+    for family in range(3):
+        theta = rng.uniform(0, np.pi)
+        scale = c.px(rng.uniform(120, 300))
+        psi = (xx * np.cos(theta) + yy * np.sin(theta)
+               + 0.5 * scale * smooth_noise(rng, shape, scale)
+               + c.px(4.0) * smooth_noise(rng, shape, c.px(14)))
+        period = c.px(rng.uniform(6, 12))
+        lines = np.maximum(0.0, np.cos(2 * np.pi * psi / period)) ** 4
+        breaks = np.clip(1.5 * (smooth_noise(rng, shape, c.px(rng.uniform(15, 30))) - 0.1), 0, 1)
+        weight = np.clip(smooth_noise(rng, shape, c.px(250)) + 0.3 + 0.6 * (family == 0), 0, 1)
+        if family == 0:
+            weight = np.maximum(weight, muscle)
+        total += weight * lines * breaks
+        gy, gx = np.gradient(psi)
+        direction += weight * (np.arctan2(gy, gx) + np.pi / 2)
+        weight_sum += weight
+    return np.clip(total, 0, 1), direction / weight_sum
+
+
+def _fat(rng: np.random.Generator, c: _Canvas, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Adipocytes inside ``region``: (membrane, vacuole) weights, each (H, W) in [0, 1]."""
+    membrane = np.zeros((c.h, c.w), np.float32)
+    vacuole = np.zeros((c.h, c.w), np.float32)
+    if not region.any():
+        return membrane, vacuole
+    f = 2  # work at half resolution: cells are 50-100 um across
+    small = region[::f, ::f]
+    ys, xs = np.nonzero(small)
+    cell_px = c.px(rng.uniform(55, 85)) / f
+    n_seeds = max(4, int(small.sum() / (cell_px**2 * 0.8)))
+    sy, sx = np.nonzero(ndimage.binary_dilation(small, iterations=int(cell_px)))
+    pick = rng.integers(sy.size, size=n_seeds)
+    seeds = np.column_stack([sx[pick], sy[pick]]).astype(np.float32) + rng.uniform(-0.5, 0.5, (n_seeds, 2))
+    d, _ = cKDTree(seeds).query(np.column_stack([xs, ys]).astype(np.float32), k=2)
+    wall = np.clip(1.2 - (d[:, 1] - d[:, 0]) / max(0.6, c.px(1.5) / f), 0, 1)
+    m_small = np.zeros(small.shape, np.float32)
+    m_small[ys, xs] = wall
+    up = np.kron(m_small, np.ones((f, f), np.float32))[: c.h, : c.w]
+    membrane[: up.shape[0], : up.shape[1]] = ndimage.gaussian_filter(up, 0.6)
+    vacuole[:] = region * (1 - membrane)
+    return membrane, vacuole
+
+
+# --- composition --------------------------------------------------------------------
+
+
+def draw_tissue(rng: np.random.Generator, kind: str, shape: tuple[int, int], um_per_px: float,
+                style: Style) -> TissueFields:
+    """Draw one margin image of ``kind`` (one of KINDS) at ``um_per_px``; (H, W) fields."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {KINDS}")
+    c = _Canvas(shape[0], shape[1], um_per_px)
+    side = int(rng.integers(4))
+    edge = _edge_distance(rng, c, side)
+    tissue = np.clip(edge + 0.5, 0, 1).astype(np.float32)
+    inside = edge > c.px(3)
+    area_mm2 = inside.sum() * (um_per_px / 1000) ** 2
+
+    # periprostatic fat: a lobule touching the edge in some images
+    fat_region = np.zeros(shape, bool)
+    if rng.random() < 0.4:
+        blob = smooth_noise(rng, shape, c.px(250)) + 1.6 * np.exp(-edge / c.px(rng.uniform(150, 400)))
+        fat_region = (blob > rng.uniform(1.4, 2.0)) & inside
+    muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
+
+    # tumour focus: where tumour glands go; touching the edge unless "tumour-inside"
+    focus = np.zeros(shape, bool)
+    if kind.startswith("tumour"):
+        noise = smooth_noise(rng, shape, c.px(80))
+        if kind == "tumour-inside":
+            depth_um = min(rng.uniform(450, 700), 0.7 * min(shape) * um_per_px)
+            mask = (edge > c.px(depth_um)) & (edge < c.px(depth_um + 400))
+        else:
+            mask = inside & (edge < c.px(rng.uniform(100, 180)))
+        ys, xs = np.nonzero(mask & ~fat_region) if (mask & ~fat_region).any() else np.nonzero(mask)
+        i = rng.integers(ys.size)
+        radius_um = rng.uniform(60, 110) if kind == "tumour-focal" else rng.uniform(200, 450)
+        yy, xx = np.ogrid[: shape[0], : shape[1]]
+        r = np.hypot((yy - ys[i]) * um_per_px, (xx - xs[i]) * um_per_px)
+        focus = (r + 40 * noise < radius_um) & inside & ~fat_region
+
+    # atrophic lobules (mimic), also sometimes in other kinds
+    atrophy = np.zeros(shape, bool)
+    n_lobules = rng.integers(1, 4) if kind == "atrophy" else int(rng.random() < 0.15)
+    for _ in range(n_lobules):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        yy, xx = np.ogrid[: shape[0], : shape[1]]
+        r = np.hypot((yy - cy) * um_per_px, (xx - cx) * um_per_px)
+        atrophy |= (r < rng.uniform(150, 320)) & inside & ~fat_region & ~focus
+
+    gland_area = ~fat_region & inside
+    # benign glands first, sparser inside the tumour focus and atrophic lobules
+    n_benign = int(area_mm2 * style.gland_density * rng.uniform(8, 16))
+    outside_focus = np.nonzero(gland_area & ~atrophy & ~focus)
+    anywhere = np.nonzero(gland_area & ~atrophy)
+    for _ in range(n_benign):
+        r0 = c.px(rng.uniform(30, 75) * style.gland_scale)
+        coords = outside_focus if rng.random() < 0.8 else anywhere
+        pos = _place(rng, c, coords, r0 * 1.9 + c.px(20), c.px(12), min_edge=(edge, r0 * 0.8))
+        if pos is None:
+            continue
+        c.circles.append((pos[0], pos[1], r0 * 1.9 + c.px(20)))
+        _add_gland(rng, c, "benign", pos[0], pos[1], r0, style)
+    if atrophy.any():
+        coords = np.nonzero(atrophy)
+        for _ in range(int(atrophy.sum() * (um_per_px / 1000) ** 2 * rng.uniform(250, 450))):
+            r0 = c.px(rng.uniform(6, 20))
+            pos = _place(rng, c, coords, r0 + c.px(6), c.px(rng.uniform(5, 15)), tries=8)
+            if pos is not None:
+                c.circles.append((pos[0], pos[1], r0 + c.px(6)))
+                _add_gland(rng, c, "atrophy", pos[0], pos[1], r0, style)
+    if focus.any():
+        focal = kind == "tumour-focal"
+        n_tumour = int(rng.integers(3, 8)) if focal else int(focus.sum() * (um_per_px / 1000) ** 2 * 900)
+        placed = 0
+        coords = np.nonzero(focus)
+        for _ in range(n_tumour * 3):
+            if placed >= n_tumour:
+                break
+            r0 = c.px(rng.uniform(3, 11)) if rng.random() < 0.85 else c.px(1.0)
+            pos = _place(rng, c, coords, r0 + c.px(12), c.px(rng.uniform(1, 6)), tries=10)
+            if pos is None:
+                continue
+            c.circles.append((pos[0], pos[1], r0 + c.px(12)))
+            _add_gland(rng, c, "tumour", pos[0], pos[1], r0, style)
+            placed += 1
+
+    return _compose(rng, c, kind, side, edge, tissue, fat_region, muscle, style)
+
+
+def _compose(rng: np.random.Generator, c: _Canvas, kind: str, side: int, edge: np.ndarray,
+             tissue: np.ndarray, fat_region: np.ndarray, muscle: np.ndarray,
+             style: Style) -> TissueFields:
+    from ._stamps import stamp_amylacea, stamp_nuclei
+
+    shape = (c.h, c.w)
+    membrane, vacuole = _fat(rng, c, fat_region & ~c.occupied)
+    fibres, direction = _fibres(rng, c, muscle)
+    epi = np.clip(c.luminal + c.basal, 0, 1)
+    stroma = np.clip(1 - c.lumen - epi - membrane - vacuole, 0, 1)
+
+    grain = smooth_noise(rng, shape, c.px(1.5))
+    cyto = c.cyto_level * (1 + 0.12 * grain) * (c.luminal + 0.7 * c.basal)
+    f = stroma * style.stroma * (0.75 + 0.9 * fibres + 0.1 * grain)
+    f += cyto + c.lumen * 0.025 + membrane * 0.10 + vacuole * 0.015
+    r = stroma * (0.18 + 0.55 * fibres) + epi * 0.14 + c.lumen * 0.04 + membrane * 0.35 + vacuole * 0.02
+
+    # stromal spindle nuclei, aligned with the fibres
+    free = (stroma > 0.9) & (edge > 1)
+    density_per_px = (c.um / 1000) ** 2 * rng.uniform(900, 1600)
+    count = int(free.sum() * density_per_px)
+    ys, xs = np.nonzero(free)
+    pick = rng.integers(ys.size, size=count) if ys.size else np.zeros(0, int)
+    ys, xs = ys[pick], xs[pick]
+    n = ys.size
+    c.nuclei.append((xs + rng.uniform(0, 1, n), ys + rng.uniform(0, 1, n), c.px(rng.uniform(5, 9, n)),
+                     c.px(rng.uniform(1.1, 1.7, n)), direction[ys, xs],
+                     style.nucleus * rng.uniform(0.6, 0.95, n), np.zeros(n, bool)))
+
+    nuclei = stamp_nuclei(shape, c.nuclei, c.um)
+    chromatin = 0.8 + 0.25 * smooth_noise(rng, shape, c.px(1.0))
+    f = f * (1 - np.clip(nuclei, 0, 1)) + nuclei * chromatin
+    r = r * (1 - 0.6 * np.clip(nuclei, 0, 1))
+    if c.amylacea:
+        body = stamp_amylacea(shape, c.amylacea, c.um)
+        f = np.maximum(f, 0.55 * body)
+        r = np.maximum(r, 0.8 * body)
+
+    # surgical ink along the edge: reflective, quenches fluorescence
+    ink_width = c.px(rng.uniform(6, 16)) * (0.6 + 0.4 * smooth_noise(rng, shape, c.px(60)))
+    ink = np.clip(ink_width - edge, 0, 1) * tissue * (smooth_noise(rng, shape, c.px(40)) > -1.2)
+    f = f * tissue * (1 - 0.6 * ink) + 0.008
+    r = r * style.reflectance * tissue * (1 - ink) + 0.85 * ink + 0.01
+    return TissueFields(f.astype(np.float32), r.astype(np.float32), c.tumour, side, kind)
