@@ -110,6 +110,92 @@ DbOption = Annotated[
 
 # --- storage commands (db, audit) ------------------------------------------------
 
+db_app = typer.Typer(help="Database schema: create and migrate.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Auditor commands: read-only queries and the audit-chain check.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+
+@db_app.command("upgrade")
+def db_upgrade_command(db: DbOption = None, config: ConfigOption = None) -> None:
+    """Create the database or migrate it to this version's schema."""
+    from marginwatch.daemon._audit_cli import db_upgrade
+
+    guarded(db_upgrade, db, config)
+
+
+@db_app.command("current")
+def db_current_command(db: DbOption = None, config: ConfigOption = None) -> None:
+    """Print the schema revision (exit 1 when it is not this version's head)."""
+    from marginwatch.daemon._audit_cli import db_current
+
+    raise typer.Exit(guarded(db_current, db, config))
+
+
+@audit_app.command("list")
+def audit_list_command(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="first seen at/after: ISO date/time (UTC) or 24h, 7d")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="first seen before: as --since")] = None,
+    decision: Annotated[str | None, typer.Option(help="positive or negative")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="alert kind: tumour-at-margin or not-assessed")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """One row per image with its final state."""
+    from marginwatch.daemon._audit_cli import audit_list
+
+    guarded(audit_list, db, config, since, until, decision, kind, fmt)
+
+
+@audit_app.command("show")
+def audit_show_command(
+    image_id: Annotated[str, typer.Argument(help="image id (or a unique prefix)")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    cam: Annotated[Path | None, typer.Option(help="write the heatmap overlay PNG here")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """Everything recorded about one image: file, hashes, model, result, alerts, events."""
+    from marginwatch.daemon._audit_cli import audit_show
+
+    guarded(audit_show, db, config, image_id, cam, fmt)
+
+
+@audit_app.command("export")
+def audit_export_command(
+    out: Annotated[Path, typer.Argument(help="output file ('-' for stdout)")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "json",
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export every image (csv) or images, events and the chain check (json)."""
+    from marginwatch.daemon._audit_cli import audit_export
+
+    guarded(audit_export, db, config, fmt, out)
+
+
+@audit_app.command("verify")
+def audit_verify_command(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(help="chain-head file: checked when present, then written/advanced"),
+    ] = None,
+) -> None:
+    """Walk the audit hash chain: exit 0 intact, 1 naming the first bad event."""
+    from marginwatch.daemon._audit_cli import audit_verify
+
+    raise typer.Exit(guarded(audit_verify, db, config, anchor))
+
+
 # --- daemon commands (run) -------------------------------------------------------
 
 
