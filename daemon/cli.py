@@ -225,6 +225,31 @@ def run_command(
 
 # --- tools commands (synth, train, evaluate, export, bench) ----------------------
 
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write OUT/<case>/<name>.tif and OUT/manifest.csv.")],
+    images: Annotated[int | None, typer.Option(help="Number of images (default: 275, external 46).")] = None,
+    tumour_fraction: Annotated[
+        float | None, typer.Option(help="Share labelled tumour (default: 37/275, external 0.5).")
+    ] = None,
+    patients: Annotated[int | None, typer.Option(help="Number of patients (default: 24, external 10).")] = None,
+    centre: Annotated[str, typer.Option(help="development | external (other stain, noise, pixel size).")] = "development",
+    profile: Annotated[str, typer.Option(help="grey | reflectance+fluorescence | rgb")] = "grey",
+    mosaic: Annotated[bool, typer.Option(help="Large tiled pyramidal TIFFs.")] = False,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    size_px: Annotated[int | None, typer.Option(help="Image side in pixels (default 1024; mosaic 4096).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: min(4, CPUs)).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a folder that already has a manifest.")] = False,
+) -> None:
+    """Write a synthetic FCM export (research use: synthetic data) and its manifest."""
+    from marginwatch.tools.synth_cli import run_synth
+
+    guarded(run_synth, out, images=images, tumour_fraction=tumour_fraction, patients=patients,
+            centre=centre, profile=profile, mosaic=mosaic, seed=seed, size_px=size_px,
+            workers=workers, force=force)
+
+
 # --- deployment commands (install-systemd) ---------------------------------------
 
 
