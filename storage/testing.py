@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from .records import AssessmentRecord, TileRecord
 
-__all__ = ["PG_URL_ENV", "database_url", "pg_schema_url", "sample_heatmap_png", "sample_record"]
+__all__ = ["PG_URL_ENV", "backend_params", "database_url", "pg_schema_url", "sample_heatmap_png", "sample_record"]
 
 PG_URL_ENV = "MARGINWATCH_TEST_PG_URL"
 
@@ -98,3 +98,20 @@ def sample_record(
         heatmap_png=sample_heatmap_png(),
         heatmap_scale=32.0,
     )
+
+
+def backend_params() -> list:
+    """pytest params: SQLite always, PostgreSQL when MARGINWATCH_TEST_PG_URL is set."""
+    import pytest
+
+    return [
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param(
+            "postgresql",
+            id="postgresql",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not os.environ.get(PG_URL_ENV), reason=f"{PG_URL_ENV} not set"),
+            ],
+        ),
+    ]

@@ -1,0 +1,262 @@
+"""The Store API the daemon and dashboard use, on SQLite and (when set) PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from marginwatch.engine.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    StorageError,
+)
+from marginwatch.storage import AssessmentRecord, Store
+from marginwatch.storage.models import Alert, Heatmap, Prediction, Tile
+from marginwatch.storage.testing import backend_params, database_url, sample_record
+
+T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=backend_params())
+def db_url(request, tmp_path):
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def store(db_url):
+    with Store.open(db_url, upgrade=True) as opened:
+        yield opened
+
+
+@pytest.fixture
+def model_id(store):
+    return store.register_model("d" * 64, "resnet18", {"threshold": 0.5, "synthetic_demo": True})
+
+
+def _discover(store, name="case1/a.tif", size=100, mtime_ns=1, now=T0):
+    found = store.record_discovery("export", name, size, mtime_ns, "host:daemon", now=now)
+    assert found is not None
+    return found
+
+
+def _count(store, model) -> int:
+    with store._read() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_register_model_is_idempotent_and_audited_once(store, model_id):
+    again = store.register_model("d" * 64, "resnet18", {"threshold": 0.5})
+    assert again == model_id
+    actions = [e.action for e in store.audit_events()]
+    assert actions.count("model.registered") == 1
+
+
+def test_discovery_once_per_file_version(store):
+    first = _discover(store)
+    assert store.record_discovery("export", "case1/a.tif", 100, 1, "x", now=T0) is None
+    changed = store.record_discovery("export", "case1/a.tif", 120, 2, "x", now=T0)
+    assert changed is not None and changed.image_id != first.image_id
+    assert store.queue_depth() == 2
+    discovered = [e for e in store.audit_events() if e.action == "image.discovered"]
+    assert len(discovered) == 2
+    assert all("case1" not in str(e.payload) for e in discovered)  # no paths in the audit log
+
+
+def test_claim_lease_requeue_and_retry(store, model_id):
+    found = _discover(store)
+    job = store.claim_job("w1", lease_seconds=60, now=T0)
+    assert (job.job_id, job.image_id, job.rel_path, job.attempts) == (
+        found.job_id, found.image_id, "case1/a.tif", 1)
+    assert store.claim_job("w2", 60, now=T0) is None
+    assert store.requeue_expired(now=T0 + timedelta(seconds=30)) == 0
+    assert store.requeue_expired(now=T0 + timedelta(seconds=61)) == 1
+    with pytest.raises(ConflictError, match="not leased"):
+        store.finish_job(job.job_id, "w1", sample_record(model_id))
+    again = store.claim_job("w2", 60, now=T0 + timedelta(seconds=62))
+    assert again.job_id == job.job_id and again.attempts == 2
+    retry = store.fail_job(again.job_id, "w2", "UnreadableImageError", "truncated", 5.0,
+                           max_attempts=3, now=T0 + timedelta(seconds=63))
+    assert retry.state == "pending" and retry.alert_id is None
+    assert store.claim_job("w3", 60, now=T0 + timedelta(seconds=64)) is None  # not_before
+    third = store.claim_job("w3", 60, now=T0 + timedelta(seconds=69))
+    assert third.attempts == 3
+    final = store.fail_job(third.job_id, "w3", "UnreadableImageError", "truncated", 5.0,
+                           max_attempts=3, now=T0 + timedelta(seconds=70))
+    assert final.state == "failed" and final.alert_id is not None
+    (alert,) = store.open_alerts()
+    assert alert.kind == "not-assessed" and alert.job_id == job.job_id
+    (row,) = store.recent_results(5)
+    assert (row.state, row.error_class, row.alert_kind) == ("failed", "UnreadableImageError",
+                                                            "not-assessed")
+    assert store.queue_depth() == 0
+    assert store.verify_audit().ok
+
+
+def test_requeue_expired_fails_a_job_that_keeps_killing_workers(store):
+    _discover(store)
+    store.claim_job("w1", 1, now=T0)
+    assert store.requeue_expired(now=T0 + timedelta(seconds=2), max_attempts=1) == 1
+    (row,) = store.recent_results(1)
+    assert row.state == "failed" and row.error_class == "LeaseExpired"
+
+
+def test_finish_job_records_everything(store, model_id):
+    found = _discover(store)
+    job = store.claim_job("w1", 60, now=T0)
+    outcome = store.finish_job(job.job_id, "w1", sample_record(model_id, decision=True),
+                               now=T0 + timedelta(seconds=1))
+    assert outcome.alert_id is not None
+    assert _count(store, Prediction) == 1 and _count(store, Tile) == 3
+    assert _count(store, Heatmap) == 1
+    detail = store.latest_alert_detail()
+    assert detail.alert.image_id == found.image_id and detail.decision is True
+    assert len(detail.tiles) == 3 and detail.heatmap_png.startswith(b"\x89PNG")
+    full = store.image_detail(found.image_id[:8])
+    assert full.row.state == "done" and full.shape == (256, 256, 3)
+    assert [e.action for e in full.events] == ["image.discovered", "image.assessed",
+                                               "alert.raised"]
+    assert full.timings["infer"] == pytest.approx(0.1)
+    counters = store.counters(T0 - timedelta(hours=1))
+    assert (counters.discovered, counters.assessed, counters.positive, counters.open_alerts) == (
+        1, 1, 1, 1)
+
+
+def test_negative_result_raises_no_alert(store, model_id):
+    _discover(store)
+    job = store.claim_job("w1", 60, now=T0)
+    assert store.finish_job(job.job_id, "w1", sample_record(model_id)).alert_id is None
+    assert store.open_alerts() == []
+
+
+def test_duplicate_is_linked_not_rerun(store, model_id):
+    _discover(store, "a.tif")
+    _discover(store, "copy-of-a.tif")
+    first = store.claim_job("w1", 60, now=T0)
+    done = store.finish_job(first.job_id, "w1", sample_record(model_id, sha256="e" * 64))
+    assert store.find_assessment("e" * 64, model_id) == done.prediction_id
+    assert store.find_assessment("e" * 64, model_id + 1) is None
+    second = store.claim_job("w1", 60, now=T0)
+    store.mark_duplicate(second.job_id, "w1", "e" * 64, done.prediction_id)
+    rows = {r.rel_path: r for r in store.list_images()}
+    assert rows["copy-of-a.tif"].state == "duplicate"
+    assert rows["copy-of-a.tif"].prediction_id == done.prediction_id
+    assert _count(store, Prediction) == 1
+
+
+def test_acknowledge(store, model_id):
+    _discover(store)
+    job = store.claim_job("w1", 60, now=T0)
+    alert_id = store.finish_job(job.job_id, "w1", sample_record(model_id, decision=True)).alert_id
+    acked = store.acknowledge(alert_id, "Dr Who", note="frozen section requested")
+    assert acked.acknowledged and acked.acknowledged_by == "Dr Who"
+    assert store.open_alerts() == []
+    with pytest.raises(ConflictError, match="already acknowledged by Dr Who"):
+        store.acknowledge(alert_id, "someone else")
+    with pytest.raises(NotFoundError):
+        store.acknowledge(alert_id + 100, "Dr Who")
+    event = store.audit_events()[-1]
+    assert (event.action, event.actor, event.payload["note"]) == (
+        "alert.acknowledged", "Dr Who", "frozen section requested")
+
+
+def test_heartbeat(store):
+    assert store.read_heartbeat() is None
+    store.heartbeat("host:1", "starting", now=T0)
+    store.heartbeat("host:1", "running", details={"queue": 3}, now=T0 + timedelta(seconds=2))
+    beat = store.read_heartbeat()
+    assert (beat.status, beat.details, beat.started_at, beat.beat_at) == (
+        "running", {"queue": 3}, T0, T0 + timedelta(seconds=2))
+    assert beat.age_seconds(T0 + timedelta(seconds=5)) == pytest.approx(3.0)
+
+
+def test_readonly_store_cannot_write(store, db_url, model_id):
+    _discover(store)
+    with Store.open(db_url, readonly=True) as reader:
+        assert len(reader.list_images()) == 1
+        with pytest.raises(DatabaseUnavailableError, match="read-only"):
+            reader.audit("config.loaded", "x", {}, "auditor")
+        # Even SQL that bypasses the Store's own guard is refused by the database.
+        with pytest.raises(StorageError), reader._translate(), reader._engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM heartbeat")
+        with pytest.raises(ValueError):
+            Store.open(db_url, readonly=True, upgrade=True)
+
+
+def test_append_only_triggers_refuse_update_and_delete(store):
+    store.audit("daemon.start", "host", {"pid": 1}, "host:daemon")
+    for statement in ("UPDATE audit_events SET actor = 'mallory'", "DELETE FROM audit_events"):
+        with pytest.raises(StorageError, match="append-only"), store._translate():
+            with store._engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+    assert store.verify_audit().ok
+
+
+def test_concurrent_writers_do_not_fork_the_chain(db_url, store, model_id):
+    """Four threads, each with its own Store (own connections), append and claim at once."""
+    for i in range(8):
+        _discover(store, f"c/{i}.tif")
+    errors: list[BaseException] = []
+    claimed: list[int] = []
+
+    def work(name: str) -> None:
+        try:
+            with Store.open(db_url) as mine:
+                for i in range(6):
+                    mine.audit("test.event", name, {"i": i}, name)
+                    job = mine.claim_job(name, 60)
+                    if job is not None:
+                        claimed.append(job.job_id)
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{k}",)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 8  # no double claims
+    report = store.verify_audit()
+    assert report.ok, report
+    assert report.events == 1 + 8 + 24
+
+
+def test_assessment_record_from_engine_like_object(model_id):
+    import numpy as np
+
+    class Tile:
+        def __init__(self, box, p):
+            self.box, self.probability = box, p
+
+    class FakeAssessment:  # the engine's Assessment, duck-typed (storage imports no torch)
+        probability, raw_probability, decision, threshold = 0.7, 0.75, True, 0.5
+        tiles = [Tile((0, 0, 32, 32), 0.7)]
+        driving_tile = 0
+        heatmap = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+        heatmap_scale = 16.0
+        timings = {"read": 0.01}
+        sha256 = "f" * 64
+        shape = (128, 128, 1)
+        um_per_px = 1.0
+        um_per_px_source = "profile-default"
+        profile = "grey"
+        backend, device = "torch-cpu", "cpu"
+
+    record = AssessmentRecord.from_assessment(FakeAssessment(), model_id=model_id,
+                                              precision="fp32")
+    assert record.heatmap_png.startswith(b"\x89PNG") and record.tiles[0].box == (0, 0, 32, 32)
+    assert record.shape == (128, 128, 1) and record.decision is True
+
+
+def test_alert_rows_are_plain_dataclasses(store, model_id):
+    _discover(store)
+    job = store.claim_job("w1", 60, now=T0)
+    store.finish_job(job.job_id, "w1", sample_record(model_id, decision=True))
+    (alert,) = store.open_alerts()
+    assert not isinstance(alert, Alert)
+    assert alert.probability == pytest.approx(0.91)
