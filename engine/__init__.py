@@ -14,6 +14,18 @@ _EXPORTS: dict[str, str] = {
     "Config": "config",
     "load_config": "config",
     "MarginwatchError": "errors",
+    "ARCHITECTURES": "card",
+    "DeviceProfile": "card",
+    "ModelCard": "card",
+    "Normalisation": "card",
+    "Model": "model",
+    "build_model": "model",
+    "load_model": "model",
+    "Inference": "inference",
+    "Backend": "backends",
+    "available_backends": "backends",
+    "register_backend": "backends",
+    "select_backend": "backends",
 }
 
 __all__ = sorted(_EXPORTS)
