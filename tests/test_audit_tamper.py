@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from marginwatch.storage import Store
 from marginwatch.storage.audit import GENESIS_HASH, event_hash
 

@@ -6,17 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import marginwatch.storage as storage
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
-
-import marginwatch.storage as storage
 from marginwatch.engine.errors import DatabaseUnavailableError, SchemaVersionError
 from marginwatch.storage import Store, schema
 from marginwatch.storage.models import Base
 from marginwatch.storage.testing import backend_params, database_url
+from sqlalchemy import inspect, text
 
 MARGINWATCH = Path(sys.executable).with_name("marginwatch")
 
@@ -107,8 +106,9 @@ def test_missing_or_empty_schema(tmp_path):
     [
         ["-c", "import sys, marginwatch.storage, marginwatch.storage.testing; "
                "print('torch' in sys.modules)"],
-        ["-c", "import sys; from marginwatch.daemon.cli import main; sys.argv=['m','audit','--help'];"
-               "\ntry: main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"],
+        ["-c", "import sys; from marginwatch.daemon.cli import main\n"
+               "try: main(['audit', 'list', '--help'])\nexcept SystemExit: pass\n"
+               "print('torch' in sys.modules)"],
     ],
     ids=["import-storage", "audit-help"],
 )

@@ -6,8 +6,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
-
 from marginwatch.engine.errors import (
     ConflictError,
     DatabaseUnavailableError,
@@ -17,6 +15,7 @@ from marginwatch.engine.errors import (
 from marginwatch.storage import AssessmentRecord, Store
 from marginwatch.storage.models import Alert, Heatmap, Prediction, Tile
 from marginwatch.storage.testing import backend_params, database_url, sample_record
+from sqlalchemy import func, select
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
