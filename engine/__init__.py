@@ -26,6 +26,15 @@ _EXPORTS: dict[str, str] = {
     "available_backends": "backends",
     "register_backend": "backends",
     "select_backend": "backends",
+    "Assessment": "assessment",
+    "PreparedImage": "assessment",
+    "TileResult": "assessment",
+    "assess": "assessment",
+    "finish": "assessment",
+    "prepare": "assessment",
+    "ImageInfo": "reader",
+    "ImageSource": "reader",
+    "open_image": "reader",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,6 +12,7 @@ This module imports nothing heavy: storage and the CLI import it without torch.
     ├── InputError                  an image cannot be assessed as given
     │   ├── UnreadableImageError    not an image, zero bytes, truncated or corrupt
     │   ├── ImageTooLargeError      declared pixels exceed max_pixels
+    │   ├── NoTissueError           decoded, but no tile holds enough tissue to assess
     │   └── UnsupportedImageError   dtype, channel count or layout not handled
     ├── ModelError                  a model artefact is missing or inconsistent
     │   └── ModelCardError          model.json invalid or disagrees with the weights
@@ -45,6 +46,7 @@ __all__ = [
     "MarginwatchError",
     "ModelCardError",
     "ModelError",
+    "NoTissueError",
     "NotFoundError",
     "SchemaVersionError",
     "StorageError",
@@ -71,6 +73,10 @@ class UnreadableImageError(InputError):
 
 class ImageTooLargeError(InputError):
     """The declared pixel count exceeds ``max_pixels``; nothing was decoded."""
+
+
+class NoTissueError(InputError):
+    """The image was read but no tile holds enough tissue: not assessed (never "negative")."""
 
 
 class UnsupportedImageError(InputError):

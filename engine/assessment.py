@@ -1,0 +1,310 @@
+"""From an image file to an assessment: ``prepare`` -> backend ``infer`` -> ``finish``.
+
+``prepare`` reads and checks the file (engine.reader), builds an overview at heatmap
+scale for the tissue mask and the preview, and cuts the tissue tiles at the model's
+micrometres per pixel, normalised as the model card says. ``finish`` turns one
+:class:`~marginwatch.engine.inference.Inference` per tile into the image decision,
+the driving tile and a heatmap in source space. The daemon batches the tiles of
+several images between the two; :func:`assess` runs the three in a row.
+
+Axis order at the boundaries: source arrays (H, W, C); tiles (T, 3, H, W); heatmap and
+overview (H / scale, W / scale).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .aggregation import aggregate
+from .card import DeviceProfile
+from .config import Config, EngineConfig
+from .errors import InputError, NoTissueError
+from .inference import Inference
+from .model import Model
+from .profiles import (
+    background_rgb,
+    check_channels,
+    intensity_high,
+    nuclear_signal,
+    scale_intensities,
+    to_rgb,
+)
+from .reader import open_image
+from .tiling import Box, plan_tiles, tile_source_px
+from .tissue import tissue_fraction, tissue_mask
+
+__all__ = ["Assessment", "PreparedImage", "TileResult", "assess", "finish", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileResult:
+    box: Box  # (x0, y0, x1, y1) source pixels
+    probability: float  # calibrated
+    raw_probability: float
+    tissue_fraction: float
+
+
+@dataclass(eq=False)
+class PreparedImage:
+    """An image read, checked and tiled; ``tiles`` (T, 3, H, W) normalised float32."""
+
+    path: str
+    tiles: torch.Tensor
+    boxes: list[Box]
+    footprints: list[Box]  # the boxes before clipping: what each (padded) tile covers
+    tissue_fractions: list[float]
+    sha256: str
+    shape: tuple[int, int, int]  # (H, W, C) of the level read
+    dtype: str
+    um_per_px: float
+    um_per_px_source: str  # "tiff-resolution" | "ome" | "config" | "profile-default"
+    profile: str
+    tile_px: int  # tile side in source pixels
+    heatmap_scale: int  # source pixels per heatmap / preview pixel
+    preview_rgb: np.ndarray  # (H / scale, W / scale, 3) uint8 digital H&E
+    level: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Assessment:
+    """The engine's answer for one image (research use, not a diagnosis)."""
+
+    path: str
+    probability: float  # calibrated image probability
+    raw_probability: float  # the same aggregation at temperature 1
+    decision: bool  # tumour at the margin
+    threshold: float
+    tiles: list[TileResult]
+    driving_tile: int
+    heatmap: np.ndarray  # (H / scale, W / scale) float32 in [0, 1]
+    heatmap_scale: float
+    timings: dict[str, float]
+    sha256: str
+    shape: tuple[int, int, int]
+    um_per_px: float
+    um_per_px_source: str
+    profile: str
+    backend: str
+    device: str
+    precision: str
+    aggregation: str
+    model_digest: str
+    synthetic_demo: bool
+    preview_rgb: np.ndarray | None = None
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(self.timings.values()))
+
+
+def _engine(config: Config | EngineConfig | None) -> EngineConfig:
+    if config is None:
+        return EngineConfig()
+    return config.engine if isinstance(config, Config) else config
+
+
+def _profile(model: Model, engine: EngineConfig) -> DeviceProfile:
+    profile = model.card.device_profile
+    if engine.default_profile is not None and engine.default_profile != profile.kind:
+        logger.warning("engine.default_profile=%s overrides the model card's profile %s",
+                       engine.default_profile, profile.kind)
+        profile = profile.model_copy(update={"kind": engine.default_profile})
+    return profile
+
+
+def prepare(image_path: str | os.PathLike[str], model: Model,
+            config: Config | EngineConfig | None = None) -> PreparedImage:
+    """Read, check and tile one image (see the module docstring)."""
+    engine = _engine(config)
+    card = model.card
+    profile = _profile(model, engine)
+    started = time.perf_counter()
+    source = open_image(
+        image_path,
+        max_pixels=engine.max_pixels,
+        max_channels=engine.max_channels,
+        region_read_min_pixels=engine.region_read_min_pixels,
+        target_um_per_px=card.um_per_px,
+    )
+    with source:
+        info = source.info
+        height, width, channels = info.shape
+        check_channels(channels, profile, where=str(image_path))
+        um, um_source = _pixel_size(info.um_per_px, info.um_per_px_source, engine, profile, card.um_per_px)
+        factor = max(1, math.ceil(max(height, width) / engine.heatmap_max_side_px))
+        overview = source.overview(factor)  # (h, w, C) float32, raw intensities
+        high = intensity_high(overview, profile, info.dtype)
+        read_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        mask = tissue_mask(nuclear_signal(scale_intensities(overview, high), profile))
+        preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
+        tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
+        plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
+        kept = []
+        for footprint in plan.footprints:
+            fraction = tissue_fraction(mask, plan.clip(footprint), factor)
+            if fraction >= engine.min_tissue_fraction:
+                kept.append((footprint, fraction))
+        if not kept:
+            raise NoTissueError(
+                f"{image_path}: no tile of {len(plan.footprints)} holds tissue "
+                f"(engine.min_tissue_fraction={engine.min_tissue_fraction}); not assessed"
+            )
+        size = card.input_size_px
+        tiles = torch.empty((len(kept), 3, size, size), dtype=torch.float32)
+        fill = torch.from_numpy(background_rgb(profile))
+        mean = torch.tensor(card.normalisation.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(card.normalisation.std, dtype=torch.float32)[:, None, None]
+        for index, (footprint, _) in enumerate(kept):
+            x0, y0, x1, y1 = plan.clip(footprint)
+            region = source.read_region(y0, x0, y1, x1)
+            tiles[index] = _tile(region, profile, high, tile_px, size, fill)
+        tiles.sub_(mean).div_(std)
+    logger.debug("prepared %d of %d tiles (%d source px, level %d)",
+                 len(kept), len(plan.footprints), tile_px, info.level)
+    return PreparedImage(
+        path=str(image_path), tiles=tiles,
+        boxes=[plan.clip(f) for f, _ in kept], footprints=[f for f, _ in kept],
+        tissue_fractions=[fr for _, fr in kept], sha256=info.sha256, shape=info.shape,
+        dtype=info.dtype, um_per_px=um, um_per_px_source=um_source, profile=profile.name,
+        tile_px=tile_px, heatmap_scale=factor, preview_rgb=preview, level=info.level,
+        timings={"read": read_seconds, "preprocess": time.perf_counter() - started},
+    )
+
+
+def _pixel_size(file_um: float | None, file_source: str | None, engine: EngineConfig,
+                profile: DeviceProfile, model_um: float) -> tuple[float, str]:
+    """File > config (engine.default_um_per_px) > profile default (else the model's own)."""
+    if file_um is not None:
+        return file_um, file_source or "tiff-resolution"
+    if engine.default_um_per_px is not None:
+        return engine.default_um_per_px, "config"
+    return profile.default_um_per_px or model_um, "profile-default"
+
+
+def _tile(region: np.ndarray, profile: DeviceProfile, high: np.ndarray, tile_px: int,
+          size: int, fill: torch.Tensor) -> torch.Tensor:
+    """(h, w, C) raw region -> (3, size, size) RGB in [0, 1], resampled and padded."""
+    rgb = torch.from_numpy(to_rgb(region, profile, high=high)).permute(2, 0, 1)  # HWC -> CHW
+    height, width = region.shape[:2]
+    out_h = min(size, max(1, round(height * size / tile_px)))
+    out_w = min(size, max(1, round(width * size / tile_px)))
+    if (out_h, out_w) != (height, width):
+        rgb = F.interpolate(rgb[None], size=(out_h, out_w), mode="bilinear",
+                            align_corners=False, antialias=out_h < height)[0]
+    if (out_h, out_w) == (size, size):
+        return rgb
+    canvas = fill[:, None, None].expand(3, size, size).clone()  # pad bottom/right
+    canvas[:, :out_h, :out_w] = rgb
+    return canvas
+
+
+def finish(prepared: PreparedImage, inference: Inference | None, model: Model,
+           config: Config | EngineConfig | None = None, *, backend: Any = None) -> Assessment:
+    """Aggregate tile results, decide at the model's threshold, stitch the heatmap."""
+    engine = _engine(config)
+    count = len(prepared.boxes)
+    if inference is None or len(inference) != count:
+        got = 0 if inference is None else len(inference)
+        raise InputError(f"{prepared.path}: {got} tile results for {count} tiles; not assessed")
+    started = time.perf_counter()
+    probabilities = inference.probabilities.numpy().astype(np.float64)
+    raw = inference.raw_probabilities.numpy().astype(np.float64)
+    probability, driving = aggregate(probabilities, engine.aggregation)
+    raw_probability, _ = aggregate(raw, engine.aggregation)
+    aggregate_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    heatmap = stitch_heatmap(prepared, inference.cams, probabilities)
+    stitch_seconds = time.perf_counter() - started
+    card = model.card
+    timings = {
+        "read": prepared.timings.get("read", 0.0),
+        "preprocess": prepared.timings.get("preprocess", 0.0),
+        "infer": inference.forward_seconds,
+        "cam": inference.cam_seconds + stitch_seconds,
+        "aggregate": aggregate_seconds,
+    }
+    return Assessment(
+        path=prepared.path,
+        probability=probability,
+        raw_probability=raw_probability,
+        decision=bool(probability >= card.threshold),
+        threshold=card.threshold,
+        tiles=[TileResult(box, float(p), float(r), fr) for box, p, r, fr in
+               zip(prepared.boxes, probabilities, raw, prepared.tissue_fractions, strict=True)],
+        driving_tile=driving,
+        heatmap=heatmap,
+        heatmap_scale=float(prepared.heatmap_scale),
+        timings=timings,
+        sha256=prepared.sha256,
+        shape=prepared.shape,
+        um_per_px=prepared.um_per_px,
+        um_per_px_source=prepared.um_per_px_source,
+        profile=prepared.profile,
+        backend=getattr(backend, "name", inference.backend),
+        device=getattr(backend, "device", inference.device),
+        precision=getattr(backend, "precision", inference.precision),
+        aggregation=engine.aggregation,
+        model_digest=model.digest,
+        synthetic_demo=card.synthetic_demo,
+        preview_rgb=prepared.preview_rgb,
+    )
+
+
+def stitch_heatmap(prepared: PreparedImage, cams: torch.Tensor,
+                   probabilities: np.ndarray) -> np.ndarray:
+    """Tile CAMs -> one (H / scale, W / scale) map in [0, 1].
+
+    Each tile's CAM is divided by its own maximum (pytorch-grad-cam's per-image
+    normalisation), weighted by the tile's calibrated probability, upsampled over the
+    tile's footprint and combined by maximum where tiles overlap. A negative image
+    therefore stays cool instead of showing its least-negative spot at full heat.
+    """
+    scale = prepared.heatmap_scale
+    height, width = prepared.shape[:2]
+    out = np.zeros((-(-height // scale), -(-width // scale)), np.float32)
+    side = max(1, round(prepared.tile_px / scale))
+    for cam, p, (x0, y0, _, _) in zip(cams.float(), probabilities, prepared.footprints, strict=True):
+        peak = float(cam.max())
+        if peak <= 0.0 or p <= 0.0:
+            continue
+        up = F.interpolate((cam / peak)[None, None], size=(side, side), mode="bilinear",
+                           align_corners=False)[0, 0].numpy() * float(p)
+        top, left = y0 // scale, x0 // scale
+        h, w = min(side, out.shape[0] - top), min(side, out.shape[1] - left)
+        if h > 0 and w > 0:
+            np.maximum(out[top : top + h, left : left + w], up[:h, :w],
+                       out=out[top : top + h, left : left + w])
+    return np.clip(out, 0.0, 1.0)
+
+
+def infer_tiles(backend: Any, tiles: torch.Tensor, batch_size: int) -> Inference:
+    """Run ``backend.infer`` over ``tiles`` (T, 3, H, W) in batches; one joined Inference."""
+    parts = [backend.infer(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+    return Inference.concat(parts)
+
+
+def assess(image_path: str | os.PathLike[str], model: Model,
+           config: Config | EngineConfig | None = None, backend: Any = None) -> Assessment:
+    """``prepare`` + ``backend.infer`` (batches of engine.batch_size) + ``finish``."""
+    engine = _engine(config)
+    if backend is None:
+        from .backends import select_backend
+
+        backend = select_backend(model, engine)
+    prepared = prepare(image_path, model, engine)
+    inference = infer_tiles(backend, prepared.tiles, engine.batch_size)
+    return finish(prepared, inference, model, engine, backend=backend)
