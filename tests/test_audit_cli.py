@@ -13,11 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from sqlalchemy import text
-
 from marginwatch.storage import Store
 from marginwatch.storage.testing import sample_record
+from PIL import Image
+from sqlalchemy import text
 
 MARGINWATCH = str(Path(sys.executable).with_name("marginwatch"))
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
