@@ -108,6 +108,36 @@ DbOption = Annotated[
 
 # --- engine commands (predict) ---------------------------------------------------
 
+
+@app.command("predict")
+def predict_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files (TIFF, PNG, JPEG, BMP).",
+                                                 show_default=False)],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model folder (default: daemon.model_dir, else models/demo).",
+                     show_default=False),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    cam: Annotated[
+        Path | None,
+        typer.Option("--cam", help="Write a Grad-CAM overlay PNG here (-N suffix per image).",
+                     show_default=False),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="auto | torch-cpu | torch-cuda | tensorrt.",
+                     show_default=False),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Assess images with the CNN (research use, not a diagnosis)."""
+    from marginwatch.engine.prediction import run_predict
+
+    code = guarded(run_predict, images, model_dir=model, as_json=as_json, cam=cam,
+                   config_path=config, backend_name=backend)
+    raise typer.Exit(code)
+
 # --- storage commands (db, audit) ------------------------------------------------
 
 db_app = typer.Typer(help="Database schema: create and migrate.", no_args_is_help=True)
