@@ -206,7 +206,7 @@ class TiffRegionSource(ImageSource):
         self._tif = tif
         self._pages = list(level.pages)
         self._lock = threading.RLock()
-        if len(self._pages) > 1 and any(p.samplesperpixel > 1 for p in self._pages):
+        if len(self._pages) > 1 and any(p.keyframe.samplesperpixel > 1 for p in self._pages):
             raise UnsupportedImageError(
                 f"{info.path}: several pages with several samples each; expected one page "
                 "per channel or one page with all channels"
@@ -254,7 +254,7 @@ def _page_region(page: Any, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
     decode = keyframe.decode
     extra: dict[str, Any] = {}
     if keyframe.compression in {6, 7, 34892, 33007}:  # JPEG variants need their tables
-        extra = {"jpegtables": page.jpegtables, "jpegheader": keyframe.jpegheader}
+        extra = {"jpegtables": keyframe.jpegtables, "jpegheader": keyframe.jpegheader}
     fh = page.parent.filehandle
     offsets = [page.dataoffsets[i] for i in wanted]
     counts = [page.databytecounts[i] for i in wanted]
