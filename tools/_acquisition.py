@@ -52,12 +52,46 @@ class Centre:
 
 CENTRES: dict[str, Centre] = {
     # the development centre mirrors the study: 275 images, 37 positive, 24 patients
-    "development": Centre("development", "dev", 1.0, 900.0, 500.0, 40.0, 200.0, 3.0, 512.0,
-                          0.22, 1.0, 1.0, 1.0, 0.6, 275, 37 / 275, 24),
+    "development": Centre(
+        "development",
+        "dev",
+        1.0,
+        900.0,
+        500.0,
+        40.0,
+        200.0,
+        3.0,
+        512.0,
+        0.22,
+        1.0,
+        1.0,
+        1.0,
+        0.6,
+        275,
+        37 / 275,
+        24,
+    ),
     # the external centre: weaker stain, noisier detector, coarser pixels, other strips;
     # 23 of 46 positive (the paper's external sens 91.3 % = 21/23, spec 73.9 % = 17/23)
-    "external": Centre("external", "ext", 1.2, 380.0, 320.0, 70.0, 400.0, 6.0, 400.0,
-                       0.32, 0.78, 1.3, 0.8, 0.75, 46, 0.5, 10),
+    "external": Centre(
+        "external",
+        "ext",
+        1.2,
+        380.0,
+        320.0,
+        70.0,
+        400.0,
+        6.0,
+        400.0,
+        0.32,
+        0.78,
+        1.3,
+        0.8,
+        0.75,
+        46,
+        0.5,
+        10,
+    ),
 }
 
 
@@ -74,8 +108,9 @@ def _strip_edges(width: int, strip_px: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
-def acquire(rng: np.random.Generator, channels: list[np.ndarray], photons: list[float],
-            centre: Centre) -> tuple[list[np.ndarray], Artefacts]:
+def acquire(
+    rng: np.random.Generator, channels: list[np.ndarray], photons: list[float], centre: Centre
+) -> tuple[list[np.ndarray], Artefacts]:
     """Expected signals -> detector counts in ADU; one (H, W) float32 per channel.
 
     All channels share the geometry (blur, strips, seams) but get their own noise.

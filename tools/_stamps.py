@@ -20,12 +20,17 @@ def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, half: int):
     oy = k[None, :, None] + (iy - y)[:, None, None] + 0.5
     px = ix[:, None, None] + k[None, None, :]
     py = iy[:, None, None] + k[None, :, None]
-    px, py = np.broadcast_to(px, ox.shape[:1] + (k.size, k.size)), np.broadcast_to(py, ox.shape[:1] + (k.size, k.size))
+    px, py = (
+        np.broadcast_to(px, ox.shape[:1] + (k.size, k.size)),
+        np.broadcast_to(py, ox.shape[:1] + (k.size, k.size)),
+    )
     ok = (px >= 0) & (px < shape[1]) & (py >= 0) & (py < shape[0])
     return ox.astype(np.float32), oy.astype(np.float32), py * shape[1] + px, ok
 
 
-def _accumulate(shape: tuple[int, int], flat: np.ndarray, ok: np.ndarray, value: np.ndarray) -> np.ndarray:
+def _accumulate(
+    shape: tuple[int, int], flat: np.ndarray, ok: np.ndarray, value: np.ndarray
+) -> np.ndarray:
     out = np.bincount(flat[ok], weights=value[ok], minlength=shape[0] * shape[1])
     return out.reshape(shape).astype(np.float32)
 
@@ -48,7 +53,7 @@ def stamp_nuclei(shape: tuple[int, int], groups: list, um_per_px: float) -> np.n
     for half in np.unique(half_all):
         sel = half_all == half
         for start in range(0, int(sel.sum()), 4000):  # bound memory: 4000 x K x K floats
-            idx = np.nonzero(sel)[0][start:start + 4000]
+            idx = np.nonzero(sel)[0][start : start + 4000]
             ox, oy, flat, ok = _windows(shape, x[idx], y[idx], int(half))
             ct, st = np.cos(theta[idx])[:, None, None], np.sin(theta[idx])[:, None, None]
             u = ox * ct + oy * st

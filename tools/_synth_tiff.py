@@ -8,6 +8,7 @@ the same bytes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,15 @@ def _downsample(data: np.ndarray) -> np.ndarray:
     return np.rint(m).astype(data.dtype)
 
 
-def write_tiff(path: Path, pixels: np.ndarray, *, um_per_px: float, profile: str,
-               channels: list[str], mosaic: bool = False) -> None:
+def write_tiff(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    um_per_px: float,
+    profile: str,
+    channels: list[str],
+    mosaic: bool = False,
+) -> None:
     """Write pixels (H, W) or (H, W, C) with the pixel size in the resolution tags.
 
     ``mosaic``: tiled (512 x 512), zlib, with 2x-downsampled levels as SubIFDs of the
@@ -44,8 +52,13 @@ def write_tiff(path: Path, pixels: np.ndarray, *, um_per_px: float, profile: str
         compression="zlib",
         software="marginwatch synth",
     )
-    metadata = {"axes": "YXS" if pixels.ndim == 3 else "YX", "um_per_px": um_per_px,
-                "profile": profile, "channels": channels, "synthetic": True}
+    metadata = {
+        "axes": "YXS" if pixels.ndim == 3 else "YX",
+        "um_per_px": um_per_px,
+        "profile": profile,
+        "channels": channels,
+        "synthetic": True,
+    }
     levels = []
     if mosaic:
         level = pixels
@@ -54,11 +67,24 @@ def write_tiff(path: Path, pixels: np.ndarray, *, um_per_px: float, profile: str
             levels.append(level)
     with tifffile.TiffWriter(path, bigtiff=mosaic and pixels.nbytes > 2**31) as tif:
         if mosaic:
-            tif.write(pixels, tile=TILE, subifds=len(levels), metadata=metadata, **options)
+            # a plain JSON description, not tifffile's "shaped" one: shaped series
+            # metadata does not describe SubIFD pyramids and tifffile then logs an error
+            tif.write(
+                pixels,
+                tile=TILE,
+                subifds=len(levels),
+                metadata=None,
+                description=json.dumps(metadata),
+                **options,
+            )
             for i, level in enumerate(levels, start=1):
                 scale = 2**i
-                tif.write(level, tile=TILE, subfiletype=1, metadata=None,
-                          **{**options, "resolution": (ppcm / scale, ppcm / scale),
-                             "software": None})
+                tif.write(
+                    level,
+                    tile=TILE,
+                    subfiletype=1,
+                    metadata=None,
+                    **{**options, "resolution": (ppcm / scale, ppcm / scale), "software": None},
+                )
         else:
             tif.write(pixels, metadata=metadata, rowsperstrip=64, **options)

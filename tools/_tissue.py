@@ -94,7 +94,9 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
     else:  # coarse: filter a small grid, then bilinear upsampling (Pillow: fast, deterministic)
         step = scale_px / 4.0
         small = (int(np.ceil(shape[0] / step)) + 3, int(np.ceil(shape[1] / step)) + 3)
-        grid = ndimage.gaussian_filter(rng.standard_normal(small, np.float32), sigma=2.0, mode="wrap")
+        grid = ndimage.gaussian_filter(
+            rng.standard_normal(small, np.float32), sigma=2.0, mode="wrap"
+        )
         size = (int(round(small[1] * step)), int(round(small[0] * step)))  # Pillow: (W, H)
         out = np.asarray(Image.fromarray(grid).resize(size, Image.BILINEAR))
         out = out[: shape[0], : shape[1]]
@@ -111,8 +113,10 @@ def _edge_distance(rng: np.random.Generator, c: _Canvas, side: int) -> np.ndarra
     depth = c.px(rng.uniform(40, 110))
     along = np.arange(n, dtype=np.float32)
     wave = np.zeros(n, np.float32)
-    for period_um, amp_um in ((rng.uniform(500, 1400), rng.uniform(10, 40)),
-                              (rng.uniform(120, 300), rng.uniform(2, 10))):
+    for period_um, amp_um in (
+        (rng.uniform(500, 1400), rng.uniform(10, 40)),
+        (rng.uniform(120, 300), rng.uniform(2, 10)),
+    ):
         wave += c.px(amp_um) * np.sin(2 * np.pi * along * c.um / period_um + rng.uniform(0, 6.3))
     boundary = depth + wave  # distance from the image side to the edge
     yy = np.arange(c.h, dtype=np.float32)[:, None]
@@ -130,12 +134,16 @@ def _edge_distance(rng: np.random.Generator, c: _Canvas, side: int) -> np.ndarra
 
 
 def _lobe_radius(rng: np.random.Generator, r0: float, kind: str) -> tuple:
-    harmonics = [(k, rng.uniform(0, 0.12 if kind == "benign" else 0.06), rng.uniform(0, 6.3))
-                 for k in (2, 3, 4)]
+    harmonics = [
+        (k, rng.uniform(0, 0.12 if kind == "benign" else 0.06), rng.uniform(0, 6.3))
+        for k in (2, 3, 4)
+    ]
     folds = []
     if kind == "benign":
         for _ in range(rng.integers(3, 8)):  # papillary infoldings: broad, round-tipped
-            folds.append((rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.5), rng.uniform(0.12, 0.25)))
+            folds.append(
+                (rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.5), rng.uniform(0.12, 0.25))
+            )
     return r0, harmonics, folds
 
 
@@ -150,8 +158,9 @@ def _radius_at(phi: np.ndarray, lobe: tuple) -> np.ndarray:
     return r0 * r
 
 
-def _add_gland(rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: float,
-               r0: float, style: Style) -> None:
+def _add_gland(
+    rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: float, r0: float, style: Style
+) -> None:
     """Rasterise one gland (lumen, epithelial layers) and queue its nuclei."""
     if kind == "benign":
         t1, t2 = c.px(rng.uniform(11, 17)), c.px(rng.uniform(3.5, 5))
@@ -159,8 +168,13 @@ def _add_gland(rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: f
         for _ in range(rng.integers(0, 4)):  # branching: satellite lobes
             ang = rng.uniform(0, 2 * np.pi)
             dist = r0 * rng.uniform(0.7, 1.1)
-            lobes.append((dist * np.cos(ang), dist * np.sin(ang),
-                          _lobe_radius(rng, r0 * rng.uniform(0.45, 0.7), kind)))
+            lobes.append(
+                (
+                    dist * np.cos(ang),
+                    dist * np.sin(ang),
+                    _lobe_radius(rng, r0 * rng.uniform(0.45, 0.7), kind),
+                )
+            )
     elif kind == "atrophy":
         t1, t2 = c.px(rng.uniform(3.5, 5.5)), c.px(2.5)
         lobes = [(0.0, 0.0, _lobe_radius(rng, r0, kind))]
@@ -185,9 +199,15 @@ def _add_gland(rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: f
     luminal = np.clip(t1 + 0.5 - dist, 0, 1) * (~lumen)
     basal = np.clip(t1 + t2 + 0.5 - dist, 0, 1) * (~lumen) - luminal
     free = ~already
-    c.lumen[y0:y1, x0:x1] = np.where(free, np.maximum(c.lumen[y0:y1, x0:x1], lumen), c.lumen[y0:y1, x0:x1])
-    c.luminal[y0:y1, x0:x1] = np.where(free, np.maximum(c.luminal[y0:y1, x0:x1], luminal), c.luminal[y0:y1, x0:x1])
-    c.basal[y0:y1, x0:x1] = np.where(free, np.maximum(c.basal[y0:y1, x0:x1], basal), c.basal[y0:y1, x0:x1])
+    c.lumen[y0:y1, x0:x1] = np.where(
+        free, np.maximum(c.lumen[y0:y1, x0:x1], lumen), c.lumen[y0:y1, x0:x1]
+    )
+    c.luminal[y0:y1, x0:x1] = np.where(
+        free, np.maximum(c.luminal[y0:y1, x0:x1], luminal), c.luminal[y0:y1, x0:x1]
+    )
+    c.basal[y0:y1, x0:x1] = np.where(
+        free, np.maximum(c.basal[y0:y1, x0:x1], basal), c.basal[y0:y1, x0:x1]
+    )
     level = {"benign": 1.0, "atrophy": 0.85, "tumour": 1.3}.get(kind, 1.3) * style.cytoplasm
     foot = (lumen | (dist <= t1 + t2 + 0.5)) & free
     c.cyto_level[y0:y1, x0:x1][foot] = level
@@ -220,14 +240,31 @@ def _add_gland(rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: f
         ys, xs, th = ring(t1 - c.px(rng.uniform(3.5, 5.0)), c.px(7.5))
         n = ys.size
         a, b = c.px(rng.uniform(3.2, 4.0, n)), c.px(rng.uniform(2.3, 2.9, n))
-        c.nuclei.append((xs + x0 + 0.5, ys + y0 + 0.5, a, b, th,
-                         style.nucleus * rng.uniform(0.75, 0.95, n), np.zeros(n, bool)))
+        c.nuclei.append(
+            (
+                xs + x0 + 0.5,
+                ys + y0 + 0.5,
+                a,
+                b,
+                th,
+                style.nucleus * rng.uniform(0.75, 0.95, n),
+                np.zeros(n, bool),
+            )
+        )
         ys, xs, th = ring(t1 + t2 / 2, c.px(9.0))
         n = ys.size
         keep = rng.random(n) < 0.85
-        c.nuclei.append((xs[keep] + x0 + 0.5, ys[keep] + y0 + 0.5, c.px(rng.uniform(3.8, 5, keep.sum())),
-                         c.px(rng.uniform(1.3, 1.8, keep.sum())), th[keep] + np.pi / 2,
-                         style.nucleus * rng.uniform(0.8, 1.0, keep.sum()), np.zeros(keep.sum(), bool)))
+        c.nuclei.append(
+            (
+                xs[keep] + x0 + 0.5,
+                ys[keep] + y0 + 0.5,
+                c.px(rng.uniform(3.8, 5, keep.sum())),
+                c.px(rng.uniform(1.3, 1.8, keep.sum())),
+                th[keep] + np.pi / 2,
+                style.nucleus * rng.uniform(0.8, 1.0, keep.sum()),
+                np.zeros(keep.sum(), bool),
+            )
+        )
         if rng.random() < 0.35:  # corpora amylacea in the main lumen
             inside = ndimage.distance_transform_edt(lumen)
             r_ca = c.px(rng.uniform(7, 22))
@@ -238,26 +275,57 @@ def _add_gland(rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: f
     elif kind == "atrophy":
         ys, xs, th = ring(t1 * 0.5, c.px(7.0))
         n = ys.size
-        c.nuclei.append((xs + x0 + 0.5, ys + y0 + 0.5, c.px(rng.uniform(3.2, 4.2, n)),
-                         c.px(rng.uniform(1.5, 2.0, n)), th + np.pi / 2,
-                         style.nucleus * rng.uniform(0.9, 1.1, n), np.zeros(n, bool)))
+        c.nuclei.append(
+            (
+                xs + x0 + 0.5,
+                ys + y0 + 0.5,
+                c.px(rng.uniform(3.2, 4.2, n)),
+                c.px(rng.uniform(1.5, 2.0, n)),
+                th + np.pi / 2,
+                style.nucleus * rng.uniform(0.9, 1.1, n),
+                np.zeros(n, bool),
+            )
+        )
         ys, xs, th = ring(t1 + t2 / 2, c.px(12.0))
         keep = rng.random(ys.size) < 0.3  # basal cells only here and there
         n = int(keep.sum())
-        c.nuclei.append((xs[keep] + x0 + 0.5, ys[keep] + y0 + 0.5, c.px(rng.uniform(3.5, 4.5, n)),
-                         c.px(rng.uniform(1.2, 1.6, n)), th[keep] + np.pi / 2,
-                         style.nucleus * rng.uniform(0.8, 1.0, n), np.zeros(n, bool)))
+        c.nuclei.append(
+            (
+                xs[keep] + x0 + 0.5,
+                ys[keep] + y0 + 0.5,
+                c.px(rng.uniform(3.5, 4.5, n)),
+                c.px(rng.uniform(1.2, 1.6, n)),
+                th[keep] + np.pi / 2,
+                style.nucleus * rng.uniform(0.8, 1.0, n),
+                np.zeros(n, bool),
+            )
+        )
     else:
         ys, xs, th = ring(t1 * 0.5, c.px(9.5))
         n = ys.size
         a = c.px(rng.uniform(4.0, 5.5, n))
-        c.nuclei.append((xs + x0 + 0.5, ys + y0 + 0.5, a, a * rng.uniform(0.8, 0.95, n), th,
-                         style.nucleus * rng.uniform(0.8, 1.05, n), rng.random(n) < 0.8))
+        c.nuclei.append(
+            (
+                xs + x0 + 0.5,
+                ys + y0 + 0.5,
+                a,
+                a * rng.uniform(0.8, 0.95, n),
+                th,
+                style.nucleus * rng.uniform(0.8, 1.05, n),
+                rng.random(n) < 0.8,
+            )
+        )
 
 
-def _place(rng: np.random.Generator, c: _Canvas, coords: tuple[np.ndarray, np.ndarray],
-           r_px: float, gap_px: float, tries: int = 40,
-           min_edge: tuple[np.ndarray, float] | None = None) -> tuple[float, float] | None:
+def _place(
+    rng: np.random.Generator,
+    c: _Canvas,
+    coords: tuple[np.ndarray, np.ndarray],
+    r_px: float,
+    gap_px: float,
+    tries: int = 40,
+    min_edge: tuple[np.ndarray, float] | None = None,
+) -> tuple[float, float] | None:
     """A centre among ``coords`` (ys, xs) whose disc of r_px (+gap) overlaps no earlier gland."""
     ys, xs = coords
     if ys.size == 0:
@@ -279,31 +347,40 @@ def _place(rng: np.random.Generator, c: _Canvas, coords: tuple[np.ndarray, np.nd
 # --- stroma and fat -----------------------------------------------------------------
 
 
-def _fibres(rng: np.random.Generator, c: _Canvas, muscle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Collagen/muscle fibre texture in [0, 1] and the fibre direction (radians); (H, W)."""
+def _fibres(
+    rng: np.random.Generator, c: _Canvas, muscle: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Collagen/muscle fibre texture in [0, 1], (H, W), and the fibre direction (radians)
+    on a 4x coarser grid, (ceil(H/4), ceil(W/4)): fibres are the level lines of a warped
+    linear ramp, so their direction is the ramp's gradient turned by 90 degrees."""
     shape = (c.h, c.w)
     yy = np.arange(c.h, dtype=np.float32)[:, None]
     xx = np.arange(c.w, dtype=np.float32)[None, :]
     total = np.zeros(shape, np.float32)
-    direction = np.zeros(shape, np.float32)
-    weight_sum = np.zeros(shape, np.float32) + 1e-6
+    gx_sum = np.zeros((len(range(0, c.h, 4)), len(range(0, c.w, 4))), np.float32)
+    gy_sum = np.zeros_like(gx_sum)
     for family in range(3):
-        theta = rng.uniform(0, np.pi)
+        theta = float(rng.uniform(0, np.pi))
         scale = c.px(rng.uniform(120, 300))
-        psi = (xx * np.cos(theta) + yy * np.sin(theta)
-               + 0.5 * scale * smooth_noise(rng, shape, scale)
-               + c.px(4.0) * smooth_noise(rng, shape, c.px(14)))
+        psi = (
+            xx * np.float32(np.cos(theta))
+            + yy * np.float32(np.sin(theta))
+            + np.float32(0.5 * scale) * smooth_noise(rng, shape, scale)
+            + np.float32(c.px(4.0)) * smooth_noise(rng, shape, c.px(14))
+        )
         period = c.px(rng.uniform(6, 12))
-        lines = np.maximum(0.0, np.cos(2 * np.pi * psi / period)) ** 4
+        lines = np.maximum(np.float32(0.0), np.cos(psi * np.float32(2 * np.pi / period))) ** 4
         breaks = np.clip(1.5 * (smooth_noise(rng, shape, c.px(rng.uniform(15, 30))) - 0.1), 0, 1)
         weight = np.clip(smooth_noise(rng, shape, c.px(250)) + 0.3 + 0.6 * (family == 0), 0, 1)
         if family == 0:
             weight = np.maximum(weight, muscle)
         total += weight * lines * breaks
-        gy, gx = np.gradient(psi)
-        direction += weight * (np.arctan2(gy, gx) + np.pi / 2)
-        weight_sum += weight
-    return np.clip(total, 0, 1), direction / weight_sum
+        gy, gx = np.gradient(psi[::4, ::4])
+        # orientation is axial (theta ~ theta + pi): average doubled angles via the sign
+        sign = np.where(gx + gy >= 0, 1.0, -1.0).astype(np.float32)
+        gx_sum += weight[::4, ::4] * gx * sign
+        gy_sum += weight[::4, ::4] * gy * sign
+    return np.clip(total, 0, 1), np.arctan2(gy_sum, gx_sum) + np.float32(np.pi / 2)
 
 
 def _fat(rng: np.random.Generator, c: _Canvas, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,9 +396,11 @@ def _fat(rng: np.random.Generator, c: _Canvas, region: np.ndarray) -> tuple[np.n
     n_seeds = max(4, int(small.sum() / (cell_px**2 * 0.8)))
     sy, sx = np.nonzero(ndimage.binary_dilation(small, iterations=int(cell_px)))
     pick = rng.integers(sy.size, size=n_seeds)
-    seeds = np.column_stack([sx[pick], sy[pick]]).astype(np.float32) + rng.uniform(-0.5, 0.5, (n_seeds, 2))
+    seeds = np.column_stack([sx[pick], sy[pick]]).astype(np.float32) + rng.uniform(
+        -0.5, 0.5, (n_seeds, 2)
+    )
     d, _ = cKDTree(seeds).query(np.column_stack([xs, ys]).astype(np.float32), k=2)
-    wall = np.clip(1.2 - (d[:, 1] - d[:, 0]) / max(0.6, c.px(1.5) / f), 0, 1)
+    wall = np.clip(1.5 - (d[:, 1] - d[:, 0]) / max(0.6, c.px(2.0) / f), 0, 1)
     m_small = np.zeros(small.shape, np.float32)
     m_small[ys, xs] = wall
     up = np.kron(m_small, np.ones((f, f), np.float32))[: c.h, : c.w]
@@ -333,8 +412,9 @@ def _fat(rng: np.random.Generator, c: _Canvas, region: np.ndarray) -> tuple[np.n
 # --- composition --------------------------------------------------------------------
 
 
-def draw_tissue(rng: np.random.Generator, kind: str, shape: tuple[int, int], um_per_px: float,
-                style: Style) -> TissueFields:
+def draw_tissue(
+    rng: np.random.Generator, kind: str, shape: tuple[int, int], um_per_px: float, style: Style
+) -> TissueFields:
     """Draw one margin image of ``kind`` (one of KINDS) at ``um_per_px``; (H, W) fields."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
@@ -348,7 +428,9 @@ def draw_tissue(rng: np.random.Generator, kind: str, shape: tuple[int, int], um_
     # periprostatic fat: a lobule touching the edge in some images
     fat_region = np.zeros(shape, bool)
     if rng.random() < 0.4:
-        blob = smooth_noise(rng, shape, c.px(250)) + 1.6 * np.exp(-edge / c.px(rng.uniform(150, 400)))
+        blob = smooth_noise(rng, shape, c.px(250)) + 1.6 * np.exp(
+            -edge / c.px(rng.uniform(150, 400))
+        )
         fat_region = (blob > rng.uniform(1.4, 2.0)) & inside
     muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
 
@@ -400,7 +482,9 @@ def draw_tissue(rng: np.random.Generator, kind: str, shape: tuple[int, int], um_
                 _add_gland(rng, c, "atrophy", pos[0], pos[1], r0, style)
     if focus.any():
         focal = kind == "tumour-focal"
-        n_tumour = int(rng.integers(3, 8)) if focal else int(focus.sum() * (um_per_px / 1000) ** 2 * 900)
+        n_tumour = (
+            int(rng.integers(3, 8)) if focal else int(focus.sum() * (um_per_px / 1000) ** 2 * 900)
+        )
         placed = 0
         coords = np.nonzero(focus)
         for _ in range(n_tumour * 3):
@@ -417,9 +501,17 @@ def draw_tissue(rng: np.random.Generator, kind: str, shape: tuple[int, int], um_
     return _compose(rng, c, kind, side, edge, tissue, fat_region, muscle, style)
 
 
-def _compose(rng: np.random.Generator, c: _Canvas, kind: str, side: int, edge: np.ndarray,
-             tissue: np.ndarray, fat_region: np.ndarray, muscle: np.ndarray,
-             style: Style) -> TissueFields:
+def _compose(
+    rng: np.random.Generator,
+    c: _Canvas,
+    kind: str,
+    side: int,
+    edge: np.ndarray,
+    tissue: np.ndarray,
+    fat_region: np.ndarray,
+    muscle: np.ndarray,
+    style: Style,
+) -> TissueFields:
     from ._stamps import stamp_amylacea, stamp_nuclei
 
     shape = (c.h, c.w)
@@ -431,8 +523,14 @@ def _compose(rng: np.random.Generator, c: _Canvas, kind: str, side: int, edge: n
     grain = smooth_noise(rng, shape, c.px(1.5))
     cyto = c.cyto_level * (1 + 0.12 * grain) * (c.luminal + 0.7 * c.basal)
     f = stroma * style.stroma * (0.75 + 0.9 * fibres + 0.1 * grain)
-    f += cyto + c.lumen * 0.025 + membrane * 0.10 + vacuole * 0.015
-    r = stroma * (0.18 + 0.55 * fibres) + epi * 0.14 + c.lumen * 0.04 + membrane * 0.35 + vacuole * 0.02
+    f += cyto + c.lumen * 0.025 + membrane * 0.16 + vacuole * 0.015
+    r = (
+        stroma * (0.18 + 0.55 * fibres)
+        + epi * 0.14
+        + c.lumen * 0.04
+        + membrane * 0.75
+        + vacuole * 0.02
+    )
 
     # stromal spindle nuclei, aligned with the fibres
     free = (stroma > 0.9) & (edge > 1)
@@ -442,9 +540,17 @@ def _compose(rng: np.random.Generator, c: _Canvas, kind: str, side: int, edge: n
     pick = rng.integers(ys.size, size=count) if ys.size else np.zeros(0, int)
     ys, xs = ys[pick], xs[pick]
     n = ys.size
-    c.nuclei.append((xs + rng.uniform(0, 1, n), ys + rng.uniform(0, 1, n), c.px(rng.uniform(5, 9, n)),
-                     c.px(rng.uniform(1.1, 1.7, n)), direction[ys, xs],
-                     style.nucleus * rng.uniform(0.6, 0.95, n), np.zeros(n, bool)))
+    c.nuclei.append(
+        (
+            xs + rng.uniform(0, 1, n),
+            ys + rng.uniform(0, 1, n),
+            c.px(rng.uniform(5, 9, n)),
+            c.px(rng.uniform(1.1, 1.7, n)),
+            direction[ys // 4, xs // 4],
+            style.nucleus * rng.uniform(0.6, 0.95, n),
+            np.zeros(n, bool),
+        )
+    )
 
     nuclei = stamp_nuclei(shape, c.nuclei, c.um)
     chromatin = 0.8 + 0.25 * smooth_noise(rng, shape, c.px(1.0))

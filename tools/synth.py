@@ -36,7 +36,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-
 from marginwatch.engine.errors import ConfigError
 
 from ._acquisition import CENTRES, Centre, acquire, normalised, to_uint16
@@ -58,8 +57,10 @@ logger = logging.getLogger(__name__)
 
 PROFILES = ("grey", "reflectance+fluorescence", "rgb")
 LABELS = ("tumour", "benign")
-KINDS_BY_LABEL = {"tumour": ("tumour-margin", "tumour-focal"),
-                  "benign": ("benign", "atrophy", "tumour-inside")}
+KINDS_BY_LABEL = {
+    "tumour": ("tumour-margin", "tumour-focal"),
+    "benign": ("benign", "atrophy", "tumour-inside"),
+}
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "centre", "kind", "profile", "um_per_px")
 DEFAULT_SIZE_PX = 1024  # at 1.0 um/px: one 896 um model field plus context
 DEFAULT_MOSAIC_SIZE_PX = 4096
@@ -119,10 +120,14 @@ def patient_style(rng: np.random.Generator, centre: str = "development") -> Styl
     """Per-patient appearance (stain uptake, gland size and density) at ``centre``."""
     c = _centre(centre)
     uptake = c.stain * rng.uniform(0.85, 1.15)
-    return Style(nucleus=uptake, cytoplasm=0.34 * uptake * rng.uniform(0.9, 1.1),
-                 stroma=0.11 * c.stroma_stain * rng.uniform(0.85, 1.15),
-                 reflectance=c.reflectance * rng.uniform(0.85, 1.15),
-                 gland_density=rng.uniform(0.7, 1.3), gland_scale=rng.uniform(0.8, 1.2))
+    return Style(
+        nucleus=uptake,
+        cytoplasm=0.34 * uptake * rng.uniform(0.9, 1.1),
+        stroma=0.11 * c.stroma_stain * rng.uniform(0.85, 1.15),
+        reflectance=c.reflectance * rng.uniform(0.85, 1.15),
+        gland_density=rng.uniform(0.7, 1.3),
+        gland_scale=rng.uniform(0.8, 1.2),
+    )
 
 
 def _pick_kind(rng: np.random.Generator, label: str, field_um: float) -> str:
@@ -150,9 +155,16 @@ def gareau_rgb(fluorescence: np.ndarray, reflectance: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
 
-def generate_image(rng: np.random.Generator, label: str, *, kind: str | None = None,
-                   centre: str = "development", profile: str = "grey",
-                   size_px: int = DEFAULT_SIZE_PX, style: Style | None = None) -> SynthImage:
+def generate_image(
+    rng: np.random.Generator,
+    label: str,
+    *,
+    kind: str | None = None,
+    centre: str = "development",
+    profile: str = "grey",
+    size_px: int = DEFAULT_SIZE_PX,
+    style: Style | None = None,
+) -> SynthImage:
     """Draw one margin scan. ``label``: "tumour" (tumour at the inked edge) or "benign".
 
     ``kind`` refines the label (``._tissue.KINDS``): tumour-margin / tumour-focal for
@@ -174,8 +186,12 @@ def generate_image(rng: np.random.Generator, label: str, *, kind: str | None = N
         (f_adu,), _ = acquire(rng, [fields.fluorescence], [c.photons_at_one], c)
         pixels, channels = to_uint16(f_adu), ["fluorescence"]
     else:
-        (f_adu, r_adu), _ = acquire(rng, [fields.fluorescence, fields.reflectance],
-                                    [c.photons_at_one, c.reflectance_photons_at_one], c)
+        (f_adu, r_adu), _ = acquire(
+            rng,
+            [fields.fluorescence, fields.reflectance],
+            [c.photons_at_one, c.reflectance_photons_at_one],
+            c,
+        )
         if profile == "rgb":
             f = normalised(f_adu, c.photons_at_one, c)
             r = normalised(r_adu, c.reflectance_photons_at_one, c)
@@ -193,15 +209,23 @@ def write_image(path: str | os.PathLike, image: SynthImage, *, mosaic: bool = Fa
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_tiff(path, image.pixels, um_per_px=image.um_per_px, profile=image.profile,
-               channels=image.channels, mosaic=mosaic)
+    write_tiff(
+        path,
+        image.pixels,
+        um_per_px=image.um_per_px,
+        profile=image.profile,
+        channels=image.channels,
+        mosaic=mosaic,
+    )
     return path
 
 
 # --- datasets -----------------------------------------------------------------------
 
 
-def _allocate(rng: np.random.Generator, n_images: int, n_tumour: int, n_patients: int) -> list[tuple[int, str]]:
+def _allocate(
+    rng: np.random.Generator, n_images: int, n_tumour: int, n_patients: int
+) -> list[tuple[int, str]]:
     """(patient index, label) for each image: every patient has an image; tumour images
     cluster in a subset of patients (positive-margin cases), who also have benign ones."""
     n_benign = n_images - n_tumour
@@ -226,7 +250,9 @@ def _allocate(rng: np.random.Generator, n_images: int, n_tumour: int, n_patients
         return got
 
     tumour = spread(n_tumour, positive, np.isin(np.arange(n_patients), positive).astype(int))
-    benign = spread(n_benign, np.arange(n_patients), np.isin(np.arange(n_patients), others).astype(int))
+    benign = spread(
+        n_benign, np.arange(n_patients), np.isin(np.arange(n_patients), others).astype(int)
+    )
     out = []
     for p in range(n_patients):
         labels = ["tumour"] * tumour[p] + ["benign"] * benign[p]
@@ -242,7 +268,9 @@ def _validate(images: int, tumour_fraction: float, patients: int, size_px: int) 
     if patients < 1:
         raise ConfigError(f"--patients {patients}: expected at least 1")
     if patients > images:
-        raise ConfigError(f"--patients {patients} exceeds --images {images}: every patient needs an image")
+        raise ConfigError(
+            f"--patients {patients} exceeds --images {images}: every patient needs an image"
+        )
     if not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX:
         raise ConfigError(f"--size-px {size_px} is outside {MIN_SIZE_PX}..{MAX_SIZE_PX}")
     n_tumour = int(round(images * tumour_fraction))
@@ -254,19 +282,30 @@ def _validate(images: int, tumour_fraction: float, patients: int, size_px: int) 
 def _job(args: tuple) -> tuple[str, str]:
     """Worker: draw and write one image; returns its (kind, relative path)."""
     out, rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, patient = args
-    style = patient_style(np.random.default_rng(np.random.SeedSequence([seed, centre_key, 10**6 + patient])), centre)
+    style = patient_style(
+        np.random.default_rng(np.random.SeedSequence([seed, centre_key, 10**6 + patient])), centre
+    )
     rng = np.random.default_rng(np.random.SeedSequence([seed, centre_key, index]))
     image = generate_image(rng, label, centre=centre, profile=profile, size_px=size_px, style=style)
     write_image(Path(out) / rel, image, mosaic=mosaic)
     return image.kind, rel
 
 
-def write_dataset(out: str | os.PathLike, *, images: int | None = None,
-                  tumour_fraction: float | None = None, patients: int | None = None,
-                  centre: str = "development", profile: str = "grey", mosaic: bool = False,
-                  seed: int = 0, size_px: int | None = None, workers: int | None = None,
-                  force: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> list[ManifestRow]:
+def write_dataset(
+    out: str | os.PathLike,
+    *,
+    images: int | None = None,
+    tumour_fraction: float | None = None,
+    patients: int | None = None,
+    centre: str = "development",
+    profile: str = "grey",
+    mosaic: bool = False,
+    seed: int = 0,
+    size_px: int | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ManifestRow]:
     """Write a synthetic export under ``out`` and ``out/manifest.csv``; returns the rows.
 
     Unset counts take the centre's defaults (development: 275 images, 37 tumour, 24
@@ -277,7 +316,9 @@ def write_dataset(out: str | os.PathLike, *, images: int | None = None,
     images = c.images if images is None else images
     tumour_fraction = c.tumour_fraction if tumour_fraction is None else tumour_fraction
     patients = min(c.patients, images) if patients is None else patients
-    size_px = (DEFAULT_MOSAIC_SIZE_PX if mosaic else DEFAULT_SIZE_PX) if size_px is None else size_px
+    size_px = (
+        (DEFAULT_MOSAIC_SIZE_PX if mosaic else DEFAULT_SIZE_PX) if size_px is None else size_px
+    )
     if seed < 0:
         raise ConfigError(f"--seed {seed}: expected a non-negative integer")
     n_tumour = _validate(images, tumour_fraction, patients, size_px)
@@ -290,15 +331,21 @@ def write_dataset(out: str | os.PathLike, *, images: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
 
     centre_key = zlib.crc32(centre.encode())
-    plan = _allocate(np.random.default_rng(np.random.SeedSequence([seed, centre_key])),
-                     images, n_tumour, patients)
+    plan = _allocate(
+        np.random.default_rng(np.random.SeedSequence([seed, centre_key])),
+        images,
+        n_tumour,
+        patients,
+    )
     width = max(2, len(str(patients)))
     jobs, counters = [], {}
     for index, (p, label) in enumerate(plan):
         case = f"{c.patient_prefix}-{p + 1:0{width}d}"
         counters[case] = counters.get(case, 0) + 1
         rel = f"{case}/{case}-{counters[case]:03d}.tif"
-        jobs.append((str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p))
+        jobs.append(
+            (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p)
+        )
 
     workers = min(len(jobs), workers or min(4, os.cpu_count() or 1))
     started = time.perf_counter()
@@ -315,15 +362,25 @@ def write_dataset(out: str | os.PathLike, *, images: int | None = None,
                 results.append(result)
                 if progress:
                     progress(i + 1, len(jobs))
-    rows = [ManifestRow(rel, job[2], rel.split("/")[0], centre, kind, profile, c.um_per_px)
-            for job, (kind, rel) in zip(jobs, results, strict=True)]
+    rows = [
+        ManifestRow(rel, job[2], rel.split("/")[0], centre, kind, profile, c.um_per_px)
+        for job, (kind, rel) in zip(jobs, results, strict=True)
+    ]
     tmp = manifest.with_name(".manifest.csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         for r in rows:
-            writer.writerow([r.path, r.label, r.patient_id, r.centre, r.kind, r.profile, f"{r.um_per_px:g}"])
+            writer.writerow(
+                [r.path, r.label, r.patient_id, r.centre, r.kind, r.profile, f"{r.um_per_px:g}"]
+            )
     os.replace(tmp, manifest)
-    logger.info("synth: %d images (%d tumour) from %d patients in %.1f s with %d workers",
-                len(rows), n_tumour, patients, time.perf_counter() - started, workers)
+    logger.info(
+        "synth: %d images (%d tumour) from %d patients in %.1f s with %d workers",
+        len(rows),
+        n_tumour,
+        patients,
+        time.perf_counter() - started,
+        workers,
+    )
     return rows
