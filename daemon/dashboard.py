@@ -1,0 +1,529 @@
+"""``marginwatch dashboard``: the theatre console, a separate read-only process.
+
+    header   daemon state (heartbeat), model + digest, backend/device, demo banner
+    alerts   unacknowledged: tumour at margin (red), not assessed (amber), newest first
+    picture  the latest alert's Grad-CAM (half blocks) beside its driving region
+    recent   time, case/image, probability, decision, latency
+    footer   today's counters, queue depth, throughput, median latency
+
+:class:`Source` reads a :class:`Snapshot` from the database opened read-only (it keeps
+trying while the file does not exist yet and says so); :func:`render` turns a snapshot
+into a rich renderable for a given size; :func:`run_dashboard` drives ``rich.live.Live``
+full screen, or prints one frame (``--once``). The console is access controlled, so it
+shows case and image names; logs never do. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.layout import Layout
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from marginwatch.engine.errors import MarginwatchError
+
+from ._dashboard_picture import Picture, half_blocks, load_picture
+
+__all__ = ["Snapshot", "Source", "render", "run_ack", "run_dashboard"]
+
+logger = logging.getLogger(__name__)
+
+RED = "bold white on red3"
+AMBER = "bold black on dark_orange"
+THROUGHPUT_WINDOW = timedelta(minutes=10)
+MAX_ALERT_ROWS = 12
+RECENT_ROWS_FETCHED = 40
+RESEARCH = "research use, not a diagnosis"
+
+
+@dataclass
+class Snapshot:
+    """Everything one frame shows; ``db_problem`` is set when nothing could be read."""
+
+    now: datetime
+    db_location: str
+    db_problem: str | None = None
+    heartbeat: Any = None  # HeartbeatView | None
+    stale_after_seconds: float = 10.0
+    daemon: dict[str, Any] = field(default_factory=dict)  # the daemon.start event payload
+    alerts: list[Any] = field(default_factory=list)  # AlertView, newest first
+    picture: Picture | None = None
+    picture_alert: Any = None  # AlertView the picture belongs to
+    regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # driving box
+    recent: list[Any] = field(default_factory=list)  # ImageRow
+    counters: Any = None  # Counters since local midnight
+    queue_depth: int = 0
+    per_minute: float | None = None
+    median_latency_seconds: float | None = None
+
+
+def _latency(row: Any) -> float | None:
+    if row.finished_at is None:
+        return None
+    return max(0.0, (row.finished_at - row.first_seen).total_seconds())
+
+
+def _local_midnight(now: datetime) -> datetime:
+    local = now.astimezone()
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
+class Source:
+    """Reads snapshots from a database it opens read-only; reopens while it is missing."""
+
+    def __init__(
+        self,
+        db_url: str,
+        *,
+        recent_rows: int = 10,
+        stale_after_seconds: float = 10.0,
+        max_pixels: int = 30_000 * 30_000,
+        busy_timeout_seconds: float = 2.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db_url = db_url
+        self.recent_rows = recent_rows
+        self.stale_after_seconds = stale_after_seconds
+        self.max_pixels = max_pixels
+        self._busy = busy_timeout_seconds
+        self._clock = clock
+        self._store: Any = None
+        self._daemon: tuple[str, dict[str, Any]] | None = None
+        self._picture: Picture | None = None
+        self._regions: dict[int, tuple[int, int, int, int] | None] = {}
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from marginwatch.storage import Store
+
+            self._store = Store.open(self.db_url, readonly=True,
+                                     busy_timeout_seconds=self._busy)
+        return self._store
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        shot = Snapshot(now=now, db_location=self.db_url,
+                        stale_after_seconds=self.stale_after_seconds)
+        try:
+            store = self._open()
+            shot.db_location = store.location
+            self._read(store, shot)
+        except MarginwatchError as exc:
+            self.close()  # reopen next time: the file may appear, the schema may be created
+            shot.db_problem = str(exc)
+        return shot
+
+    def _read(self, store: Any, shot: Snapshot) -> None:
+        shot.heartbeat = store.read_heartbeat()
+        if shot.heartbeat is not None:
+            shot.daemon = self._daemon_info(store, shot.heartbeat.owner)
+        shot.alerts = store.open_alerts()
+        if shot.alerts:
+            newest = shot.alerts[0]
+            if self._picture is None or self._picture.alert_id != newest.id:
+                detail = store.latest_alert_detail()
+                self._picture = (None if detail is None else
+                                 load_picture(store, detail, max_pixels=self.max_pixels))
+            shot.picture = self._picture
+            shot.picture_alert = newest
+        for alert in shot.alerts[:MAX_ALERT_ROWS]:
+            box_ = self._region(store, alert)
+            if box_ is not None:
+                shot.regions[alert.id] = box_
+        shot.recent = store.recent_results(max(self.recent_rows, RECENT_ROWS_FETCHED))
+        shot.counters = store.counters(_local_midnight(shot.now))
+        shot.queue_depth = store.queue_depth()
+        since = shot.now - THROUGHPUT_WINDOW
+        window = [r for r in store.list_images(since=since - THROUGHPUT_WINDOW)
+                  if r.finished_at is not None and r.finished_at >= since]
+        shot.per_minute = len(window) / (THROUGHPUT_WINDOW.total_seconds() / 60.0)
+        latencies = [v for v in (_latency(r) for r in window if r.state == "done")
+                     if v is not None]
+        shot.median_latency_seconds = statistics.median(latencies) if latencies else None
+
+    def _region(self, store: Any, alert: Any) -> tuple[int, int, int, int] | None:
+        """The driving tile's box (source pixels) of an alert; cached, alerts don't change."""
+        if alert.id not in self._regions:
+            found = None
+            if alert.prediction_id is not None:
+                detail = store.image_detail(alert.image_id)
+                if detail.driving_tile is not None and detail.driving_tile < len(detail.tiles):
+                    found = tuple(detail.tiles[detail.driving_tile].box)
+            self._regions[alert.id] = found
+        return self._regions[alert.id]
+
+    def _daemon_info(self, store: Any, owner: str) -> dict[str, Any]:
+        """The ``daemon.start`` payload of the heartbeat's owner (model, backend, device)."""
+        if self._daemon is not None and self._daemon[0] == owner and self._daemon[1]:
+            return self._daemon[1]
+        info: dict[str, Any] = {}
+        for event in store.audit_events(object_id=owner):
+            if event.action == "daemon.start":
+                info = dict(event.payload)
+        self._daemon = (owner, info)
+        return info
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _clock_time(when: datetime, now: datetime) -> str:
+    local = when.astimezone()
+    if local.date() == now.astimezone().date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%d %b %H:%M")
+
+
+def _label(rel_path: str, width: int) -> str:
+    """``case/image`` shortened from the left (the image name is the part people act on)."""
+    if len(rel_path) <= width:
+        return rel_path
+    return "\u2026" + rel_path[-(width - 1):]
+
+
+def _daemon_state(shot: Snapshot) -> Text:
+    beat = shot.heartbeat
+    if shot.db_problem is not None:
+        return Text("daemon: unknown (no database)", style="bold yellow")
+    if beat is None:
+        return Text("daemon: never seen", style="bold yellow")
+    age = beat.age_seconds(shot.now)
+    since = _clock_time(beat.beat_at, shot.now)
+    if beat.status == "running" and age <= shot.stale_after_seconds:
+        up = _ago((shot.now - beat.started_at).total_seconds())
+        return Text(f"\u25cf daemon running (up {up})", style="bold green")
+    if beat.status == "running":
+        return Text(f"\u25cf daemon NOT RESPONDING since {since} ({_ago(age)} ago)",
+                    style=RED)
+    return Text(f"\u25cf daemon {beat.status.upper()} since {since} ({_ago(age)} ago)",
+                style=RED)
+
+
+def _header(shot: Snapshot, width: int) -> RenderableType:
+    top = Text()
+    top.append(" MARGINWATCH ", style="bold white on blue")
+    top.append(" ")
+    top.append_text(_daemon_state(shot))
+    d = shot.daemon
+    if d:
+        top.append(f"  {d.get('architecture', '?')} {str(d.get('model_digest', ''))[:8]}",
+                   style="cyan")
+        device = str(d.get("device", ""))
+        if width < 100:
+            device = device[:16]
+        top.append(f"  {d.get('backend', '?')}/{device}", style="cyan")
+    clock = shot.now.astimezone().strftime("%H:%M:%S")
+    if top.cell_len + 1 + len(clock) <= width:
+        top.append(" " * (width - top.cell_len - len(clock)) + clock)
+    top.truncate(width, overflow="ellipsis")
+    lines: list[RenderableType] = [top]
+    if d.get("synthetic_demo"):
+        detail = (": trained on synthetic images only, its results mean nothing clinically"
+                  if width >= 120 else " (synthetic data only)")
+        banner = Text(f" \u26a0 SYNTHETIC DEMO MODEL{detail} \u2014 {RESEARCH} ",
+                      style="bold black on yellow")
+        banner.truncate(width, overflow="ellipsis")
+        lines.append(banner)
+    else:
+        lines.append(Text(f" Outputs are for {RESEARCH}.", style="dim"))
+    if shot.db_problem is not None:
+        problem = Text(f" DATABASE NOT READABLE: {shot.db_problem} (retrying)", style=AMBER)
+        problem.truncate(width, overflow="ellipsis")
+        lines.append(problem)
+    return Group(*lines)
+
+
+def _alert_rows(shot: Snapshot, width: int, rows: int) -> RenderableType:
+    if shot.db_problem is not None:
+        return Text("no alerts can be shown until the database is readable", style="yellow")
+    if not shot.alerts:
+        return Text("no open alerts", style="green")
+    table = Table.grid(padding=(0, 1), expand=True)
+    wide = width >= 120
+    table.add_column(no_wrap=True)  # id
+    table.add_column(no_wrap=True)  # time
+    table.add_column(no_wrap=True)  # kind
+    table.add_column(no_wrap=True, ratio=1, overflow="ellipsis")  # case/image
+    table.add_column(no_wrap=True, justify="right")  # probability
+    table.add_column(no_wrap=True)  # region
+    table.add_column(no_wrap=True, justify="right")  # age
+    label_width = max(12, width - (66 if wide else 56))
+    shown = shot.alerts[: max(1, rows - (1 if len(shot.alerts) > rows else 0))]
+    for alert in shown:
+        tumour = alert.kind == "tumour-at-margin"
+        style = RED if tumour else AMBER
+        box_ = shot.regions.get(alert.id)
+        region = "" if box_ is None else f"({box_[0]},{box_[1]})-({box_[2]},{box_[3]})"
+        table.add_row(
+            f"#{alert.id}",
+            _clock_time(alert.raised_at, shot.now),
+            ("TUMOUR AT MARGIN" if wide else "TUMOUR") if tumour else "NOT ASSESSED",
+            _label(alert.rel_path, label_width),
+            "" if alert.probability is None else f"p={alert.probability:.2f}",
+            region,
+            _ago((shot.now - alert.raised_at).total_seconds()),
+            style=style,
+        )
+    more = len(shot.alerts) - len(shown)
+    if more > 0:
+        return Group(table, Text(f"+{more} more open alert(s)", style="bold red"))
+    return table
+
+
+def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
+    pic = shot.picture
+    alert = shot.picture_alert
+    if pic is None or alert is None:
+        return Text("Grad-CAM of the newest alert appears here.", style="dim")
+    head = Text(f"#{alert.id} {_label(alert.rel_path, max(10, width - 12))}", style="bold")
+    if alert.probability is not None:
+        head.append(f" p={alert.probability:.2f}", style="bold red")
+    if pic.heatmap_rgb is None:
+        message = Text(alert.message, style="dark_orange")
+        return Group(head, message)
+    rows = max(3, rows - 2)
+    cols = max(6, min(2 * rows, (width - 1) // 2))
+    rows = min(rows, max(3, (cols + 1) // 2))  # the maps are square: 2 pixels per cell row
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, width=cols)
+    grid.add_column(width=max(cols, width - cols - 1))
+    left = half_blocks(pic.heatmap_rgb, cols, rows)
+    if pic.region_rgb is not None:
+        right: RenderableType = half_blocks(pic.region_rgb, cols, rows)
+        caption = Text("Grad-CAM, box = region | region", style="dim")
+    else:
+        right = Text(pic.region_note, style="yellow")
+        caption = Text("Grad-CAM, box = region", style="dim")
+    grid.add_row(left, right)
+    return Group(head, grid, caption)
+
+
+def _decision(row: Any) -> Text:
+    if row.state == "failed":
+        return Text("NOT ASSESSED", style="bold dark_orange")
+    if row.state in ("pending", "processing"):
+        return Text(row.state, style="dim")
+    if row.state == "duplicate":
+        return Text("duplicate", style="dim")
+    if row.decision:
+        return Text("TUMOUR", style="bold red")
+    return Text("clear", style="green")
+
+
+def _recent(shot: Snapshot, width: int, rows: int) -> RenderableType:
+    if not shot.recent:
+        text = "waiting for the database" if shot.db_problem else "no images yet"
+        return Text(text, style="dim")
+    table = Table(box=None, padding=(0, 1), collapse_padding=True, pad_edge=False,
+                  expand=True, show_edge=False, header_style="bold")
+    seconds = width >= 56
+    table.add_column("time", no_wrap=True, width=8 if seconds else 5)
+    table.add_column("case/image", no_wrap=True, ratio=1, overflow="ellipsis")
+    table.add_column("p", no_wrap=True, justify="right", width=4)
+    table.add_column("result", no_wrap=True, width=12)
+    table.add_column("latency" if width >= 70 else "lat", no_wrap=True, justify="right",
+                     width=7 if width >= 70 else 5)
+    label_width = max(10, width - (33 if seconds else 30))
+    for row in shot.recent[: max(1, rows - 1)]:
+        when = row.finished_at or row.first_seen
+        latency = _latency(row)
+        stamp = _clock_time(when, shot.now)
+        table.add_row(
+            stamp if seconds else stamp[:5],
+            _label(row.rel_path, label_width),
+            "" if row.probability is None else f"{row.probability:.2f}",
+            _decision(row),
+            "" if latency is None else f"{latency:.1f}s",
+        )
+    return table
+
+
+def _footer(shot: Snapshot, width: int) -> Text:
+    text = Text(" today ", style="bold reverse")
+    c = shot.counters
+    if c is None:
+        text.append(" no counts yet", style="dim")
+        return text
+    text.append(f" assessed {c.assessed}  ")
+    text.append(f"positive {c.positive}", style="bold red" if c.positive else "")
+    text.append("  ")
+    text.append(f"failed {c.failed}", style="bold dark_orange" if c.failed else "")
+    text.append(f"  queue {shot.queue_depth}  ")
+    if shot.per_minute is not None:
+        text.append(f"{shot.per_minute:.1f}/min  ")
+    if shot.median_latency_seconds is not None:
+        text.append(f"median {shot.median_latency_seconds:.1f}s")
+    text.truncate(width, overflow="ellipsis")
+    return text
+
+
+def render(shot: Snapshot, width: int, height: int) -> Layout:
+    """The whole frame for a ``width`` x ``height`` terminal (readable from 80x24)."""
+    header = _header(shot, width)
+    header_rows = 2 + (1 if shot.db_problem else 0)
+    body_rows = max(8, height - header_rows - 1)
+    want_alerts = max(1, len(shot.alerts))
+    alert_rows = min(want_alerts, max(3, body_rows // 3)) if shot.alerts else 1
+    alert_rows = min(alert_rows, 6 if height < 30 else MAX_ALERT_ROWS)
+    lower_rows = max(5, body_rows - alert_rows - 2)
+    red = any(a.kind == "tumour-at-margin" for a in shot.alerts)
+    alert_title = f"OPEN ALERTS ({len(shot.alerts)})" if shot.alerts else "alerts"
+    alert_border = "red" if red else ("dark_orange" if shot.alerts else "green")
+    picture_width = min(max(25, (width - 4) * 3 // 8), 4 * (lower_rows - 4) + 5)
+    layout = Layout()
+    layout.split_column(
+        Layout(header, name="header", size=header_rows),
+        Layout(Panel(_alert_rows(shot, width - 4, alert_rows), title=alert_title,
+                     title_align="left", border_style=alert_border, box=box.ROUNDED,
+                     padding=(0, 1)), name="alerts", size=alert_rows + 2),
+        Layout(name="lower", size=lower_rows),
+        Layout(_footer(shot, width), name="footer", size=1),
+    )
+    layout["lower"].split_row(
+        Layout(Panel(_picture_panel(shot, picture_width - 4, lower_rows - 2),
+                     title="newest alert", title_align="left", box=box.ROUNDED,
+                     padding=(0, 1)), name="picture", size=picture_width),
+        Layout(Panel(_recent(shot, width - picture_width - 4, lower_rows - 2),
+                     title="recent results", title_align="left", box=box.ROUNDED,
+                     padding=(0, 1)), name="recent"),
+    )
+    return layout
+
+
+# --- the process ------------------------------------------------------------------------
+
+
+class Bell:
+    """Rings once for each alert id not seen before (not for those open at start-up)."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] | None = None
+
+    def new_alerts(self, shot: Snapshot) -> int:
+        if shot.db_problem is not None:
+            return 0
+        ids = {a.id for a in shot.alerts}
+        if self._seen is None:
+            self._seen = ids
+            return 0
+        fresh = ids - self._seen
+        self._seen |= ids
+        return len(fresh)
+
+
+def frame_text(source: Source, width: int, height: int, *, colour: bool = False) -> str:
+    """One frame as text (``--once`` and tests)."""
+    console = Console(width=width, height=height, record=True, file=_Discard(),
+                      force_terminal=colour, color_system="truecolor" if colour else None)
+    console.print(render(source.snapshot(), width, height))
+    return console.export_text(styles=colour)
+
+
+class _Discard:
+    def write(self, _text: str) -> int:
+        return len(_text)
+
+    def flush(self) -> None:
+        pass
+
+
+def run_dashboard(
+    *,
+    db: str | None = None,
+    config_path: Path | None = None,
+    once: bool = False,
+    width: int | None = None,
+    height: int | None = None,
+    console: Console | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """``marginwatch dashboard``: full-screen live console, or one frame with ``once``."""
+    from marginwatch.engine.config import load_config
+
+    config = load_config(config_path)
+    db_url = db or config.daemon.resolved_db_url()
+    stale = max(10.0, 3 * config.daemon.heartbeat_seconds + 2.0)
+    with Source(db_url, recent_rows=config.dashboard.recent_rows, stale_after_seconds=stale,
+                max_pixels=config.engine.max_pixels) as source:
+        if once:
+            out = console or Console(width=width, height=height)
+            w, h = width or out.size.width, height or out.size.height
+            out.print(render(source.snapshot(), w, h), height=h)
+            return 0
+        return _live(source, config, console or Console(width=width, height=height), stop)
+
+
+def _live(source: Source, config: Any, console: Console, stop: Callable[[], bool]) -> int:
+    from rich.live import Live
+
+    bell = Bell()
+    period = 1.0 / config.dashboard.refresh_per_second
+
+    def frame() -> RenderableType:
+        shot = source.snapshot()
+        if bell.new_alerts(shot) and config.dashboard.bell:
+            console.bell()
+        return render(shot, console.size.width, console.size.height)
+
+    with Live(frame(), console=console, screen=True, auto_refresh=False,
+              transient=True, redirect_stdout=False, redirect_stderr=False) as live:
+        while not stop():
+            time.sleep(period)
+            live.update(frame(), refresh=True)
+    return 0
+
+
+def run_ack(alert_id: int, *, by: str, note: str | None = None, db: str | None = None,
+            config_path: Path | None = None, echo: Callable[[str], Any] = print) -> int:
+    """``marginwatch ack``: record who acknowledged an alert (audited by the store).
+
+    An unknown id (NotFoundError) or a second acknowledgement (ConflictError) propagates
+    as a MarginwatchError: one line on stderr and exit 2 through the CLI's ``guarded``.
+    """
+    from marginwatch.engine.config import load_config
+    from marginwatch.engine.errors import ConflictError
+    from marginwatch.storage import Store
+
+    if not by.strip():
+        raise ConflictError("--by must name the person acknowledging the alert")
+    config = load_config(config_path)
+    url = db or config.daemon.resolved_db_url()
+    with Store.open(url, busy_timeout_seconds=config.daemon.db_busy_timeout_seconds) as store:
+        view = store.acknowledge(alert_id, by.strip(), note)
+    when = view.acknowledged_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    echo(f"alert {view.id} ({view.kind}, {view.rel_path}) acknowledged by {view.acknowledged_by} "
+         f"at {when}")
+    return 0

@@ -1,0 +1,398 @@
+"""``marginwatch demo`` (``make demo``): the whole system on one machine, in one command.
+
+    demo/export/<case>/scan-NNN.tif   written by a simulated scanner (temp name, rename)
+    demo/state/marginwatch.db         embedded SQLite, fresh for each run
+    demo/state/marginwatch.toml       the daemon's configuration
+    demo/state/daemon.log             the daemon's log (image ids, never file names)
+    demo/state/model/                 the synthetic demo model, when models/demo is absent
+
+Steps: pick the model (``models/demo`` when the training developer's demo model is
+there; otherwise build a small random-weight ResNet-18 once, in a subprocess, marked
+``synthetic_demo``, with its threshold set so that roughly a third of synthetic scans
+alert); start the real daemon (``marginwatch run``) as a child process; run the
+simulated scanner; show the dashboard until Ctrl-C (or, with ``--duration``, for that
+long, then print a summary). Ctrl-C or SIGTERM stop the scanner, then the daemon
+(SIGTERM, then SIGKILL after a grace period); the daemon also gets SIGTERM if this
+process dies (``PR_SET_PDEATHSIG``), so no daemon is left behind.
+
+This process stays free of torch: the model is built by a subprocess and the daemon
+does the assessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from marginwatch.engine.errors import DaemonError, MarginwatchError
+
+from ._scanner import SimulatedScanner
+
+__all__ = ["DemoSummary", "build_demo_model", "demo_root", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL_ARCH = "resnet18"
+DEMO_INPUT_PX = 128
+DEMO_UM_PER_PX = 2.0  # 128 px at 2 um/px: a 256 um region; a 512 px scan gives 2 x 2 regions
+DEMO_SCAN_PX = 512
+ALERT_SHARE = 0.35  # random weights cannot tell tumour from benign: alert on about a third
+START_TIMEOUT_SECONDS = 120.0
+STOP_GRACE_SECONDS = 20.0
+
+DAEMON_SETTINGS: dict[str, Any] = {
+    "observer": "inotify",
+    "settle_seconds": 0.3,
+    "stable_polls": 1,
+    "poll_interval_seconds": 0.2,
+    "rescan_seconds": 30.0,
+    "heartbeat_seconds": 1.0,
+    "max_attempts": 2,
+    "retry_delay_seconds": 1.0,
+    "max_batch_wait_ms": 10.0,
+    "shutdown_seconds": 10.0,
+}
+ENGINE_SETTINGS: dict[str, Any] = {"backend": "auto", "precision": "fp32"}
+
+
+def demo_root() -> Path:
+    """``<repository>/demo`` when running from a checkout, else ``./demo``."""
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").is_file() and (repo / "daemon").is_dir():
+        return repo / "demo"
+    return Path.cwd() / "demo"
+
+
+def _repo_model() -> Path | None:
+    folder = Path(__file__).resolve().parents[1] / "models" / "demo"
+    return folder if (folder / "model.json").is_file() else None
+
+
+# --- the synthetic demo model (built in a subprocess: torch stays out of this one) ------
+
+
+def build_demo_model(folder: str | os.PathLike[str], calibration_images: int = 6) -> None:
+    """Save a small random-weight model, marked ``synthetic_demo``, to ``folder``.
+
+    Its weights are untrained, so its probabilities say nothing about tumour; the
+    threshold is placed so that about ``ALERT_SHARE`` of synthetic scans raise an alert,
+    which is what the demo needs to show the alert path. Stand-in until ``models/demo``
+    (trained on synthetic data by ``marginwatch train``) exists.
+    """
+    import numpy as np
+
+    from marginwatch import engine
+    from marginwatch.engine.config import load_config
+    from marginwatch.tools.synth import generate_image, write_image
+
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model = engine.build_model(
+        DEMO_MODEL_ARCH, input_size_px=DEMO_INPUT_PX, um_per_px=DEMO_UM_PER_PX,
+        synthetic_demo=True,
+        description=("SYNTHETIC DEMO MODEL with random (untrained) weights, built by "
+                     "`marginwatch demo` until models/demo exists; its outputs mean nothing"),
+    )
+    config = load_config(environ={})
+    config.engine.backend = "torch-cpu"
+    config.engine.precision = "fp32"
+    backend = engine.select_backend(model, config.engine)
+    rng = np.random.default_rng(7)
+    probabilities = []
+    scratch = partial / "calibration"
+    for i in range(calibration_images):
+        path = write_image(scratch / f"{i}.tif",
+                           generate_image(rng, ("benign", "tumour")[i % 2], size_px=DEMO_SCAN_PX))
+        probabilities.append(engine.assess(path, model, config.engine, backend=backend).probability)
+    shutil.rmtree(scratch)
+    threshold = float(np.quantile(probabilities, 1.0 - ALERT_SHARE))
+    model.update_card(threshold=min(max(threshold, 1e-6), 1 - 1e-6))
+    model.save(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+
+
+def _ensure_model(state: Path, echo: Callable[[str], Any]) -> Path:
+    found = _repo_model()
+    if found is not None:
+        return found
+    folder = state / "model"
+    if (folder / "model.json").is_file():
+        return folder
+    echo("building the synthetic demo model (random weights; once, ~10-30 s) ...")
+    code = (f"from marginwatch.daemon.demo import build_demo_model; "
+            f"build_demo_model({str(folder)!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DaemonError(f"could not build the synthetic demo model: "
+                          f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    return folder
+
+
+# --- the daemon child -------------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_demo_config(path: Path, *, export: Path, state: Path, model: Path) -> Path:
+    daemon = {"watch_dir": str(export), "state_dir": str(state), "model_dir": str(model),
+              **DAEMON_SETTINGS}
+    lines = ["# written by `marginwatch demo`; research use, synthetic data", "[daemon]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in daemon.items()]
+    lines += ["", "[engine]"] + [f"{k} = {_toml(v)}" for k, v in ENGINE_SETTINGS.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _marginwatch_command() -> list[str]:
+    script = Path(sys.executable).with_name("marginwatch")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "from marginwatch.daemon.cli import main; main()"]
+
+
+class DaemonChild:
+    """``marginwatch run`` as a child process, stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonChild:
+        env = {k: v for k, v in os.environ.items() if k != "MARGINWATCH_CONFIG"}
+        env.pop("NOTIFY_SOCKET", None)
+        env.setdefault("OMP_NUM_THREADS", "2")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*_marginwatch_command(), "run", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,  # Ctrl-C reaches the demo, which stops the daemon in order
+                preexec_fn=_die_with_parent,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                logger.warning("daemon did not stop within %.0fs; killing it", grace_seconds)
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+@dataclass
+class DemoSummary:
+    files: Counter[str]
+    assessed: int
+    duplicate: int
+    failed: int
+    pending: int
+    alerts: Counter[str]
+    file_to_alert_seconds: list[float]
+    file_to_result_seconds: list[float]
+    daemon_exit: int | None
+    model: str
+
+    def lines(self) -> list[str]:
+        def stats(values: list[float]) -> str:
+            if not values:
+                return "n/a"
+            return (f"median {statistics.median(values):.1f} s, max {max(values):.1f} s "
+                    f"(n={len(values)})")
+
+        files = ", ".join(f"{n} {kind}" for kind, n in sorted(self.files.items())) or "none"
+        alerts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.alerts.items())) or "none"
+        return [
+            "marginwatch demo summary (synthetic data; research use, not a diagnosis)",
+            f"  model:          {self.model}",
+            f"  files written:  {sum(self.files.values())} ({files})",
+            f"  assessed:       {self.assessed}  duplicate: {self.duplicate}  "
+            f"failed (not assessed): {self.failed}  still queued: {self.pending}",
+            f"  alerts:         {alerts}",
+            f"  file -> alert:  {stats(self.file_to_alert_seconds)}",
+            f"  file -> result: {stats(self.file_to_result_seconds)}",
+            f"  daemon exit:    {self.daemon_exit}",
+        ]
+
+
+def _wait_running(db: Path, daemon: DaemonChild, stop: threading.Event) -> None:
+    from marginwatch.storage import Store
+
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and not stop.is_set():
+        if not daemon.alive():
+            raise DaemonError(f"the daemon exited during start-up; its log ends:\n"
+                              f"{daemon.log_tail()}")
+        if db.exists():
+            try:
+                with Store.open(db, readonly=True, busy_timeout_seconds=1.0) as store:
+                    beat = store.read_heartbeat()
+                if beat is not None and beat.status == "running":
+                    return
+            except MarginwatchError:
+                pass  # schema being created
+        stop.wait(0.3)
+    if not stop.is_set():
+        raise DaemonError(f"the daemon did not start within {START_TIMEOUT_SECONDS:.0f}s; "
+                          f"log: {daemon.log}")
+
+
+def _summary(db: Path, scanner: SimulatedScanner, daemon_exit: int | None,
+             model: str) -> DemoSummary:
+    from marginwatch.storage import Store
+
+    landed = {f.rel_path: f.landed_at for f in scanner.files()}
+    with Store.open(db, readonly=True) as store:
+        rows = store.list_images()
+        alerts = store.alerts()
+    by_state = Counter(r.state for r in rows)
+    to_result = [(r.finished_at - landed[r.rel_path]).total_seconds()
+                 for r in rows if r.finished_at is not None and r.rel_path in landed]
+    to_alert = [(a.raised_at - landed[a.rel_path]).total_seconds()
+                for a in alerts if a.rel_path in landed]
+    return DemoSummary(
+        files=Counter(f.kind for f in scanner.files()),
+        assessed=by_state.get("done", 0), duplicate=by_state.get("duplicate", 0),
+        failed=by_state.get("failed", 0),
+        pending=by_state.get("pending", 0) + by_state.get("processing", 0),
+        alerts=Counter(a.kind for a in alerts),
+        file_to_alert_seconds=to_alert, file_to_result_seconds=to_result,
+        daemon_exit=daemon_exit, model=model,
+    )
+
+
+def _drain(db: Path, scanner: SimulatedScanner, stop: threading.Event,
+           timeout: float = 30.0) -> None:
+    """After the last file: wait until every landed file has a final state."""
+    from marginwatch.storage import Store
+
+    deadline = time.monotonic() + timeout
+    expected = {f.rel_path for f in scanner.files()}
+    while time.monotonic() < deadline and not stop.is_set():
+        with Store.open(db, readonly=True, busy_timeout_seconds=1.0) as store:
+            rows = store.list_images()
+        final = {r.rel_path for r in rows if r.state in ("done", "duplicate", "failed")}
+        if expected <= final:
+            return
+        stop.wait(0.5)
+
+
+def run_demo(
+    *,
+    duration_seconds: float | None = None,
+    root: Path | None = None,
+    interval_seconds: float = 3.0,
+    echo: Callable[[str], Any] = print,
+) -> int:
+    """``marginwatch demo``: returns 0 when images were assessed and the daemon stopped cleanly."""
+    root = (root or demo_root()).resolve()
+    export, state = root / "export", root / "state"
+    shutil.rmtree(export, ignore_errors=True)  # a fresh run each time: only demo data lives here
+    for name in ("marginwatch.db", "marginwatch.db-wal", "marginwatch.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    export.mkdir(parents=True)
+    state.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    model = _ensure_model(state, echo)
+    from marginwatch.engine.card import read_card
+
+    card = read_card(model)
+    model_text = (f"{card.architecture} from {model}"
+                  + (" (SYNTHETIC DEMO MODEL)" if card.synthetic_demo else ""))
+    config = write_demo_config(state / "marginwatch.toml", export=export, state=state,
+                               model=model)
+    db = state / "marginwatch.db"
+    daemon = DaemonChild(config, state / "daemon.log")
+    scanner = SimulatedScanner(export, interval_seconds=interval_seconds, size_px=DEMO_SCAN_PX)
+    daemon_exit: int | None = None
+    interactive = duration_seconds is None or sys.stdout.isatty()
+    try:
+        echo(f"demo: export {export}, state {state}; starting the daemon ...")
+        daemon.start()
+        _wait_running(db, daemon, stop)
+        scanner.start()
+        echo("demo: daemon running; simulated scanner writing a scan every "
+             f"{interval_seconds:g} s" + ("" if interactive else f" for {duration_seconds:g} s"))
+        ends = None if duration_seconds is None else time.monotonic() + duration_seconds
+
+        def finished() -> bool:
+            if ends is not None and time.monotonic() >= ends:
+                return True
+            if not daemon.alive():
+                return True
+            return stop.is_set()
+
+        if interactive:
+            from .dashboard import run_dashboard
+
+            run_dashboard(db=str(db), config_path=config, stop=finished)
+        else:
+            while not finished():
+                time.sleep(0.2)
+        scanner.stop()
+        if not daemon.alive():
+            raise DaemonError(f"the daemon stopped unexpectedly; its log ends:\n"
+                              f"{daemon.log_tail()}")
+        if duration_seconds is not None:
+            _drain(db, scanner, stop)
+    except KeyboardInterrupt:
+        echo("demo: interrupted; stopping the scanner and the daemon ...")
+    finally:
+        scanner.stop()
+        daemon_exit = daemon.stop()
+        signal.signal(signal.SIGTERM, previous)
+    if scanner.error is not None:
+        raise DaemonError(f"the simulated scanner failed: {scanner.error!r}")
+    summary = _summary(db, scanner, daemon_exit, model_text)
+    for line in summary.lines():
+        echo(line)
+    ok = summary.assessed > 0 and daemon_exit == 0
+    return 0 if ok or duration_seconds is None else 1
