@@ -65,9 +65,6 @@ MANIFEST_COLUMNS = ("path", "label", "patient_id", "centre", "kind", "profile", 
 DEFAULT_SIZE_PX = 1024  # at 1.0 um/px: one 896 um model field plus context
 DEFAULT_MOSAIC_SIZE_PX = 4096
 MIN_SIZE_PX, MAX_SIZE_PX = 128, 16384
-# Gareau et al. digital staining (DESIGN.md): RGB = 1 - F(1 - H) - R(1 - E)
-HAEMATOXYLIN = np.array([0.30, 0.20, 1.0], np.float32)
-EOSIN = np.array([1.0, 0.55, 0.88], np.float32)
 
 
 @dataclass
@@ -140,19 +137,11 @@ def _pick_kind(rng: np.random.Generator, label: str, field_um: float) -> str:
 
 
 def gareau_rgb(fluorescence: np.ndarray, reflectance: np.ndarray) -> np.ndarray:
-    """Digital H&E, (H, W) x 2 -> (H, W, 3) float32 in [0, 1].
+    """Digital H&E with the engine's own formula, (H, W) x 2 -> (H, W, 3) float32 [0, 1]:
+    synthetic RGB exports are what the engine makes of two-channel input."""
+    from marginwatch.engine.profiles import gareau_linear
 
-    Uses ``marginwatch.engine.profiles.gareau_linear`` when the engine provides it, so
-    synthetic RGB exports match what the engine does with two-channel input.
-    """
-    try:
-        from marginwatch.engine.profiles import gareau_linear
-    except ImportError:
-        f, r = fluorescence[..., None], reflectance[..., None]
-        rgb = 1.0 - f * (1.0 - HAEMATOXYLIN) - r * (1.0 - EOSIN)
-    else:
-        rgb = np.asarray(gareau_linear(fluorescence, reflectance), np.float32)
-    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    return gareau_linear(fluorescence, reflectance)  # the engine's H and E constants
 
 
 def generate_image(
