@@ -204,7 +204,8 @@ class Pipeline:
             return [w.job for w in self._in_flight.values()]
 
     def healthy(self) -> bool:
-        return all(t.is_alive() for t in self._readers) and self._finisher.is_alive()
+        threads_ok = all(t.is_alive() for t in self._readers) and self._finisher.is_alive()
+        return threads_ok and self._batcher.is_alive()
 
     def stop(self, timeout_seconds: float) -> list[Any]:
         """Finish what is in flight within ``timeout_seconds``; return the jobs that were not.

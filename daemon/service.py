@@ -19,9 +19,11 @@ SIGHUP: reload the configuration file, apply what can change live, audit
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
+import signal
 import socket
 import sys
 import time
@@ -388,6 +390,7 @@ def run_daemon(
     """``marginwatch run``: load everything, run the service, return the exit code."""
     env = os.environ if environ is None else environ
     configure_logging(environ=env)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: thread stacks to stderr
     overrides = {"daemon": {"watch_dir": watch, "db_url": db, "model_dir": model_dir}}
 
     def load() -> Config:
@@ -408,7 +411,8 @@ def run_daemon(
 
     flags = SignalFlags().install()  # before the slow parts: a SIGTERM now is honoured
     notifier = Notifier.from_environ(env)
-    store = Store.open(d.resolved_db_url(), upgrade=True)
+    store = Store.open(d.resolved_db_url(), upgrade=True,
+                       busy_timeout_seconds=d.db_busy_timeout_seconds)
     try:
         store.audit("config.loaded", owner, {
             "source": config.source, "config": config.model_dump(mode="json")}, owner)
