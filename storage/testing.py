@@ -20,7 +20,14 @@ from sqlalchemy.engine import make_url
 
 from .records import AssessmentRecord, TileRecord
 
-__all__ = ["PG_URL_ENV", "backend_params", "database_url", "pg_schema_url", "sample_heatmap_png", "sample_record"]
+__all__ = [
+    "PG_URL_ENV",
+    "backend_params",
+    "database_url",
+    "pg_schema_url",
+    "sample_heatmap_png",
+    "sample_record",
+]
 
 PG_URL_ENV = "MARGINWATCH_TEST_PG_URL"
 

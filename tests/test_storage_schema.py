@@ -37,6 +37,8 @@ def test_one_head():
     script = ScriptDirectory.from_config(schema.alembic_config())
     assert len(script.get_heads()) == 1
     assert schema.head_revision() == script.get_current_head()
+    history = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    assert list(schema.REVISIONS) == history  # the list used without importing Alembic
 
 
 def test_models_match_migrations(db_url):
@@ -105,7 +107,7 @@ def test_missing_or_empty_schema(tmp_path):
     "argv",
     [
         ["-c", "import sys, marginwatch.storage, marginwatch.storage.testing; "
-               "print('torch' in sys.modules)"],
+               "print('torch' in sys.modules or 'alembic' in sys.modules)"],
         ["-c", "import sys; from marginwatch.daemon.cli import main\n"
                "try: main(['audit', 'list', '--help'])\nexcept SystemExit: pass\n"
                "print('torch' in sys.modules)"],
