@@ -319,9 +319,17 @@ class Store:
     # --- the queue -----------------------------------------------------------------
 
     def claim_job(
-        self, owner: str, lease_seconds: float, now: datetime | None = None
+        self,
+        owner: str,
+        lease_seconds: float,
+        now: datetime | None = None,
+        *,
+        root_key: str | None = None,
     ) -> ClaimedJob | None:
-        """Lease the oldest runnable pending job to ``owner``; None when there is none."""
+        """Lease the oldest runnable pending job to ``owner``; None when there is none.
+
+        ``root_key`` restricts the claim to one export root (several daemons, one database).
+        """
         now = _now(now)
         expires = now + timedelta(seconds=lease_seconds)
         with self._write(audited=False) as session:
@@ -332,6 +340,8 @@ class Store:
                 .order_by(Job.id)
                 .limit(1)
             )
+            if root_key is not None:
+                query = query.where(Image.root_key == root_key)
             if self.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True, of=Job)
             row = session.execute(query).first()

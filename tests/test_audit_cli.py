@@ -152,6 +152,13 @@ def test_not_a_database(tmp_path):
     assert digest(junk) == before and not junk.with_name("notes.db-wal").exists()
 
 
+def test_unreachable_server():
+    url = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
+    result = run("audit", "list", "--db", url)
+    assert_one_line_error(result, "127.0.0.1:1", "cannot connect")
+    assert "secret" not in result.stderr
+
+
 def test_schema_newer_than_code(tmp_path):
     db = tmp_path / "future.db"
     with Store.open(db, upgrade=True) as store, store._engine.begin() as conn:

@@ -96,6 +96,29 @@ def test_claim_lease_requeue_and_retry(store, model_id):
     assert store.verify_audit().ok
 
 
+def test_claim_restricted_to_one_root(store):
+    store.record_discovery("other-scanner", "x.tif", 1, 1, "host:b", now=T0)
+    assert store.claim_job("w1", 60, now=T0, root_key="export") is None
+    _discover(store)
+    job = store.claim_job("w1", 60, now=T0, root_key="export")
+    assert job.root_key == "export" and job.rel_path == "case1/a.tif"
+
+
+def test_sqlite_writers_take_the_lock_at_begin(tmp_path):
+    """BEGIN IMMEDIATE (not pysqlite's deferred BEGIN): a second writer is refused at once."""
+    import sqlite3
+
+    with Store.open(tmp_path / "m.db", upgrade=True) as store, store._write() as session:
+        session.connection()  # the transaction has begun, nothing written yet
+        other = sqlite3.connect(tmp_path / "m.db", timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            assert other.execute("SELECT count(*) FROM audit_events").fetchone() == (0,)
+        finally:
+            other.close()
+
+
 def test_requeue_expired_fails_a_job_that_keeps_killing_workers(store):
     _discover(store)
     store.claim_job("w1", 1, now=T0)
