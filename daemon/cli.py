@@ -280,6 +280,73 @@ def synth(
             workers=workers, force=force)
 
 
+@app.command()
+def train(
+    manifest: Annotated[Path, typer.Argument(help="CSV: path,label,patient_id,centre.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    arch: Annotated[str, typer.Option(help="Backbone.")] = "mobilenet_v3_small",
+    input_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 896,
+    um_per_px: Annotated[float, typer.Option(help="Model pixel size in micrometres.")] = 1.0,
+    profile: Annotated[str, typer.Option(help="grey | reflectance+fluorescence | rgb")] = "grey",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    patience: Annotated[int, typer.Option(help="Epochs without val AUC gain.")] = 8,
+    val_fraction: Annotated[float, typer.Option(help="Share of images for validation.")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="Internal test share.")] = 0.21,
+    target_sensitivity: Annotated[float, typer.Option(help="Chooses the threshold.")] = 0.90,
+    seed: Annotated[int, typer.Option(help="Seed of split, init, sampling, augmentation.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    pretrained: Annotated[Path | None, typer.Option(help="Local safetensors.")] = None,
+    max_train_images: Annotated[int | None, typer.Option(help="Subsample train.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Time budget.")] = None,
+    augment: Annotated[bool, typer.Option(help="Flips, rotations, jitter.")] = True,
+    synthetic_demo: Annotated[bool, typer.Option(help="Card: synthetic_demo.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue --out.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Train a margin model (focal loss, label smoothing, weighted sampling; research use)."""
+    from marginwatch.engine.config import load_config
+    from marginwatch.tools.train import TrainOptions
+    from marginwatch.tools.train import train as run_train
+
+    def _run() -> None:
+        options = TrainOptions(
+            architecture=arch, input_size_px=input_size, um_per_px=um_per_px, profile=profile,
+            epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+            val_fraction=val_fraction, test_fraction=test_fraction,
+            target_sensitivity=target_sensitivity, seed=seed, device=device,
+            pretrained=str(pretrained) if pretrained else None, max_train_images=max_train_images,
+            max_minutes=max_minutes, augment=augment, synthetic_demo=synthetic_demo,
+        )
+        run_train(manifest, out, options, resume=resume, config=load_config(config))
+
+    guarded(_run)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model folder (model.json + weights.safetensors).")],
+    manifest: Annotated[Path, typer.Argument(help="Internal test manifest (CSV).")],
+    report: Annotated[Path, typer.Option("--report", help="Report folder.")],
+    external: Annotated[Path | None, typer.Option(help="External-centre manifest (CSV).")] = None,
+    resamples: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    backend: Annotated[str | None, typer.Option(help="auto|torch-cpu|torch-cuda|tensorrt")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Sensitivity, specificity, PPV, NPV, AUC, Brier, ECE with patient-level 95 % CIs."""
+    from marginwatch.engine.config import load_config
+    from marginwatch.tools.evaluate import evaluate as run_evaluate
+
+    def _run() -> None:
+        cfg = load_config(config, overrides={"engine": {"backend": backend}})
+        run_evaluate(model, manifest, report, external=external, config=cfg,
+                     resamples=resamples, seed=seed)
+
+    guarded(_run)
+
+
 # --- deployment commands (install-systemd) ---------------------------------------
 
 
