@@ -96,14 +96,14 @@ class Daemon:
         *,
         daemon: dict[str, Any] | None = None,
         engine: dict[str, Any] | None = None,
-        preexec: Callable[[], None] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         self.work = work
         self.watch = watch
         self.model_dir = model_dir
         self.db = work / "marginwatch.db"
         self.config = write_config(work / "marginwatch.toml", daemon or {}, engine or {})
-        self.preexec = preexec
+        self.prefix = prefix or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.messages: list[str] = []
@@ -137,9 +137,9 @@ class Daemon:
         env.pop("MARGINWATCH_CONFIG", None)
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [*_command(), "run", "--watch", str(self.watch), "--config", str(self.config),
+            [*self.prefix, *_command(), "run", "--watch", str(self.watch), "--config", str(self.config),
              "--db", str(self.db), "--model", str(self.model_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=self.preexec,
+            stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         log.close()
         return self
