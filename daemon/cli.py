@@ -256,6 +256,44 @@ def run_command(
 # --- tools commands (synth, train, evaluate, export, bench) ----------------------
 
 
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Model folder (model.json + weights.safetensors).",
+                                          show_default=False)],
+    onnx: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="Write the ONNX file here (outputs logits, features; "
+                     "dynamic batch).", show_default=False),
+    ] = None,
+    tensorrt: Annotated[
+        bool, typer.Option("--tensorrt", help="Build the TensorRT engine into the engine cache.")
+    ] = False,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp16 | fp32 (default: engine.precision).",
+                                 show_default=False)
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option("--max-batch", help="Largest batch the engine accepts "
+                                 "(default: engine.tensorrt_max_batch).", show_default=False)
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Engine cache folder (default: "
+                                  "engine.engine_cache_dir, else the user cache).",
+                                  show_default=False)
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Build even when a matching engine is cached.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Export a model to ONNX and/or build its TensorRT engine for this GPU."""
+    from marginwatch.tools.export import run_export
+
+    raise typer.Exit(guarded(run_export, model, onnx_out=onnx, tensorrt=tensorrt,
+                             precision=precision, max_batch=max_batch, cache_dir=cache_dir,
+                             rebuild=rebuild, config_path=config, echo=typer.echo))
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write OUT/<case>/<name>.tif and OUT/manifest.csv.")],
