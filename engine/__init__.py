@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "available_backends": "backends",
     "register_backend": "backends",
     "select_backend": "backends",
+    "export_onnx": "onnx_export",
+    "prepare_engine": "tensorrt_backend",
     "Assessment": "assessment",
     "PreparedImage": "assessment",
     "TileResult": "assessment",
