@@ -10,8 +10,9 @@ newline-separated ``KEY=value`` assignments to it, one datagram per message:
   and (with ``Restart=on-failure``) restarts it;
 - ``RELOADING=1`` + ``MONOTONIC_USEC=...`` at the start of a reload, ``READY=1`` after;
 - ``STOPPING=1`` when shutting down; ``EXTEND_TIMEOUT_USEC=...`` to ask for more time;
-- ``WATCHDOG_USEC=...`` to change the watchdog deadline (the watchdog runs from the
-  moment the process starts, so a long start-up must ping too, or widen it first).
+- ``WATCHDOG_USEC=...`` to change the watchdog deadline. systemd activates the
+  watchdog when start-up completes (READY=1); start-up itself is bounded by
+  ``TimeoutStartSec=``, which ``EXTEND_TIMEOUT_USEC`` can extend.
 
 Without ``NOTIFY_SOCKET`` (a foreground run, tests) every call is a no-op. A send that
 fails is logged once and otherwise ignored: notification is advisory, and the service
@@ -153,10 +154,10 @@ class Notifier:
     def set_watchdog_timeout(self, seconds: float | None) -> bool:
         """``WATCHDOG_USEC=...``: change systemd's watchdog deadline; None restores the unit's.
 
-        systemd arms the watchdog when it starts the process, not at READY=1: a start-up
-        step longer than WatchdogSec (a TensorRT engine build) must either keep pinging
-        or widen the deadline with this first and restore it after. The ping interval
-        (:attr:`watchdog_interval_seconds`) stays the unit's.
+        For a step after READY=1 that cannot ping for longer than WatchdogSec (a model
+        swapped in on reload, a TensorRT engine build): widen the deadline first and
+        restore it after. The ping interval (:attr:`watchdog_interval_seconds`) stays
+        the unit's.
         """
         if self._watchdog_usec is None:
             return False

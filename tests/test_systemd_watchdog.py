@@ -3,8 +3,8 @@
 The test binds the notify socket (SO_PASSCRED, so each datagram carries its sender's
 pid, which systemd checks for NotifyAccess=main), starts a real process with
 NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID set as systemd sets them, and runs the
-watchdog as systemd does: armed when the process starts, reset by each WATCHDOG=1,
-expired when no ping arrives within WATCHDOG_USEC. The process is a small main loop
+watchdog as systemd does: activated when start-up completes (READY=1), reset by each
+WATCHDOG=1, expired when no ping arrives within WATCHDOG_USEC. The process is a small main loop
 on :class:`Notifier` that pings a given number of times and then hangs (a stuck main
 loop); a healthy one keeps pinging and is never declared dead.
 """
@@ -97,7 +97,8 @@ def _supervise(
     proc = subprocess.Popen(["/bin/sh", "-c", command], env=env)
     try:
         seen.started_at = time.monotonic()
-        deadline = seen.started_at + WATCHDOG_SEC  # armed at exec, as systemd does
+        start_timeout = seen.started_at + 30.0  # TimeoutStartSec=, until READY=1
+        deadline = start_timeout
         stop_at = seen.started_at + observe_seconds
         while time.monotonic() < stop_at:
             now = time.monotonic()
@@ -112,7 +113,10 @@ def _supervise(
             if pid != proc.pid:  # NotifyAccess=main: only the main process counts
                 continue
             seen.messages.append((time.monotonic(), pid, payload))
-            if "WATCHDOG=1" in payload.splitlines():
+            lines = payload.splitlines()
+            if "READY=1" in lines and seen.values("READY") == ["1"]:
+                deadline = time.monotonic() + WATCHDOG_SEC  # start-up complete: armed
+            if "WATCHDOG=1" in lines and seen.values("READY"):
                 deadline = time.monotonic() + WATCHDOG_SEC
     finally:
         sock.close()
@@ -158,3 +162,45 @@ def test_a_pinging_main_loop_is_never_declared_dead(tmp_path: Path) -> None:
         assert seen.values("READY") == ["1"]
     finally:
         _stop(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_real_daemon_pings_and_a_frozen_one_is_noticed(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``marginwatch run`` under WATCHDOG_USEC: pings after READY=1; frozen, it stops."""
+    from test_daemon_support import Daemon, write_image
+
+    watch = tmp_path / "export"
+    work = tmp_path / "state"
+    watch.mkdir()
+    work.mkdir()
+    write_image(watch / "case1" / "a.tif", seed=1)
+    usec = str(int(WATCHDOG_SEC * 1_000_000))
+    with Daemon(work, watch, tiny_model_dir) as daemon:
+        daemon.start(extra_env={"WATCHDOG_USEC": usec})
+        daemon.wait_ready(timeout=120)
+
+        def pings() -> int:
+            return daemon.notifications().count("WATCHDOG=1")
+
+        time.sleep(2 * WATCHDOG_SEC)
+        alive_pings = pings()
+        # interval WatchdogSec/2 over 2 x WatchdogSec: about 4 pings
+        assert alive_pings >= 3, daemon.notifications()
+        assert any(m.startswith("STATUS=") for m in daemon.notifications())
+
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGSTOP)  # a main loop that makes no progress
+        try:
+            time.sleep(0.2)  # a datagram already in flight
+            frozen_from = pings()
+            time.sleep(1.5 * WATCHDOG_SEC)
+            assert pings() == frozen_from, "no ping may arrive from a frozen daemon"
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        time.sleep(WATCHDOG_SEC)
+        assert pings() > frozen_from, "pings resume once it runs again"
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
+        assert "STOPPING=1" in daemon.notifications()
