@@ -65,7 +65,7 @@ class EngineConfig(_Section):
     heatmap_max_side_px: int = Field(512, ge=16, le=8192)
     engine_cache_dir: Path | None = None
     tensorrt_max_batch: int = Field(
-        32, ge=1, le=1024, description="TensorRT optimisation profile: batches of 1..this many tiles"
+        32, ge=1, le=1024, description="TensorRT optimisation profile: batch 1..this many tiles"
     )
     tensorrt_workspace_mib: int = Field(
         2048, ge=64, description="TensorRT builder workspace memory limit"
