@@ -72,7 +72,9 @@ def half_blocks(rgb: np.ndarray, cols: int, rows: int) -> Text:
     return text
 
 
-def _heatmap_rgb(png: bytes, scale: float | None, box: tuple[int, int, int, int] | None) -> np.ndarray:
+def _heatmap_rgb(
+    png: bytes, scale: float | None, box: tuple[int, int, int, int] | None
+) -> np.ndarray:
     from marginwatch.engine.render import colourise, decode_heatmap_png
 
     heat = decode_heatmap_png(png)  # (H, W) in [0, 1]

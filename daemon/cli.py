@@ -253,6 +253,72 @@ def run_command(
 
 # --- console commands (dashboard, ack, demo) -------------------------------------
 
+
+@app.command("dashboard")
+def dashboard_command(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame to stdout and exit.")
+    ] = False,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", min=40, help="Columns (default: the terminal's).",
+                     show_default=False),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option("--height", min=12, help="Rows (default: the terminal's).",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """The theatre console: live alerts, Grad-CAM, recent results (reads the database only)."""
+    from marginwatch.daemon.dashboard import run_dashboard
+
+    raise typer.Exit(guarded(run_dashboard, db=db, config_path=config, once=once, width=width,
+                             height=height))
+
+
+@app.command("ack")
+def ack_command(
+    alert_id: Annotated[
+        int, typer.Argument(metavar="ALERT_ID", help="The alert's number (#N on the dashboard).")
+    ],
+    by: Annotated[
+        str, typer.Option("--by", help="Who acknowledges it (recorded in the audit log).")
+    ],
+    note: Annotated[
+        str | None, typer.Option("--note", help="Optional note.", show_default=False)
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge an alert: records who and when (audited); it leaves the red list."""
+    from marginwatch.daemon.dashboard import run_ack
+
+    raise typer.Exit(guarded(run_ack, alert_id, by=by, note=note, db=db, config_path=config,
+                             echo=typer.echo))
+
+
+@app.command("demo")
+def demo_command(
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=1, show_default=False,
+                     help="Stop after this many seconds and print a summary "
+                          "(default: run until Ctrl-C)."),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, help="Seconds between simulated scans.")
+    ] = 3.0,
+    root: Annotated[Path | None, typer.Option("--root", hidden=True)] = None,
+) -> None:
+    """Run the whole system on synthetic scans: daemon, simulated scanner, dashboard."""
+    from marginwatch.daemon.demo import run_demo
+
+    raise typer.Exit(guarded(run_demo, duration_seconds=duration, root=root,
+                             interval_seconds=interval, echo=typer.echo))
+
 # --- tools commands (synth, train, evaluate, export, bench) ----------------------
 
 

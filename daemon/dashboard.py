@@ -24,14 +24,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from marginwatch.engine.errors import MarginwatchError
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.layout import Layout
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
-
-from marginwatch.engine.errors import MarginwatchError
 
 from ._dashboard_picture import Picture, half_blocks, load_picture
 
@@ -232,6 +231,15 @@ def _daemon_state(shot: Snapshot) -> Text:
                 style=RED)
 
 
+def _problem_line(shot: Snapshot) -> str:
+    """The reason first (the path may be long): `` DATABASE NOT READABLE: why (where)``."""
+    problem = str(shot.db_problem)
+    location = shot.db_location.removeprefix("sqlite:///")
+    if problem.startswith(location + ": "):
+        problem = f"{problem[len(location) + 2:]} ({location})"
+    return f" DATABASE NOT READABLE: {problem}"
+
+
 def _header(shot: Snapshot, width: int) -> RenderableType:
     top = Text()
     top.append(" MARGINWATCH ", style="bold white on blue")
@@ -260,9 +268,7 @@ def _header(shot: Snapshot, width: int) -> RenderableType:
     else:
         lines.append(Text(f" Outputs are for {RESEARCH}.", style="dim"))
     if shot.db_problem is not None:
-        problem = Text(f" DATABASE NOT READABLE: {shot.db_problem} (retrying)", style=AMBER)
-        problem.truncate(width, overflow="ellipsis")
-        lines.append(problem)
+        lines.append(Text(_problem_line(shot), style=AMBER, overflow="fold"))
     return Group(*lines)
 
 
@@ -314,21 +320,20 @@ def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
     if pic.heatmap_rgb is None:
         message = Text(alert.message, style="dark_orange")
         return Group(head, message)
-    rows = max(3, rows - 2)
-    cols = max(6, min(2 * rows, (width - 1) // 2))
+    alone = pic.region_rgb is None  # the heatmap alone gets the width, the note a line
+    rows = max(3, rows - (4 if alone else 2))
+    cols = max(6, min(2 * rows, width if alone else (width - 1) // 2))
     rows = min(rows, max(3, (cols + 1) // 2))  # the maps are square: 2 pixels per cell row
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, width=cols)
-    grid.add_column(width=max(cols, width - cols - 1))
+    grid.add_column(no_wrap=True, width=cols)
     left = half_blocks(pic.heatmap_rgb, cols, rows)
     if pic.region_rgb is not None:
-        right: RenderableType = half_blocks(pic.region_rgb, cols, rows)
-        caption = Text("Grad-CAM, box = region | region", style="dim")
-    else:
-        right = Text(pic.region_note, style="yellow")
-        caption = Text("Grad-CAM, box = region", style="dim")
-    grid.add_row(left, right)
-    return Group(head, grid, caption)
+        grid.add_row(left, half_blocks(pic.region_rgb, cols, rows))
+        return Group(head, grid, Text("Grad-CAM, box = region | region", style="dim"))
+    # no thumbnail: the heatmap alone, and why
+    return Group(head, left, Text("Grad-CAM, box = region", style="dim"),
+                 Text(pic.region_note, style="yellow"))
 
 
 def _decision(row: Any) -> Text:
@@ -393,7 +398,9 @@ def _footer(shot: Snapshot, width: int) -> Text:
 def render(shot: Snapshot, width: int, height: int) -> Layout:
     """The whole frame for a ``width`` x ``height`` terminal (readable from 80x24)."""
     header = _header(shot, width)
-    header_rows = 2 + (1 if shot.db_problem else 0)
+    header_rows = 2
+    if shot.db_problem:  # the whole message, wrapped: it names the file and what to do
+        header_rows += min(3, 1 + -(-len(_problem_line(shot)) // width))
     body_rows = max(8, height - header_rows - 1)
     want_alerts = max(1, len(shot.alerts))
     alert_rows = min(want_alerts, max(3, body_rows // 3)) if shot.alerts else 1
@@ -402,7 +409,9 @@ def render(shot: Snapshot, width: int, height: int) -> Layout:
     red = any(a.kind == "tumour-at-margin" for a in shot.alerts)
     alert_title = f"OPEN ALERTS ({len(shot.alerts)})" if shot.alerts else "alerts"
     alert_border = "red" if red else ("dark_orange" if shot.alerts else "green")
-    picture_width = min(max(25, (width - 4) * 3 // 8), 4 * (lower_rows - 4) + 5)
+    pad = (0, 1) if width >= 100 else (0, 0)
+    edge = 4 if width >= 100 else 2
+    picture_width = min(max(25, (width - 4) * 3 // 8), 4 * (lower_rows - 4) + 1 + edge)
     layout = Layout()
     layout.split_column(
         Layout(header, name="header", size=header_rows),
@@ -413,12 +422,12 @@ def render(shot: Snapshot, width: int, height: int) -> Layout:
         Layout(_footer(shot, width), name="footer", size=1),
     )
     layout["lower"].split_row(
-        Layout(Panel(_picture_panel(shot, picture_width - 4, lower_rows - 2),
+        Layout(Panel(_picture_panel(shot, picture_width - edge, lower_rows - 2),
                      title="newest alert", title_align="left", box=box.ROUNDED,
-                     padding=(0, 1)), name="picture", size=picture_width),
-        Layout(Panel(_recent(shot, width - picture_width - 4, lower_rows - 2),
+                     padding=pad), name="picture", size=picture_width),
+        Layout(Panel(_recent(shot, width - picture_width - edge, lower_rows - 2),
                      title="recent results", title_align="left", box=box.ROUNDED,
-                     padding=(0, 1)), name="recent"),
+                     padding=pad), name="recent"),
     )
     return layout
 

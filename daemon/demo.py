@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,7 @@ def _repo_model() -> Path | None:
 # --- the synthetic demo model (built in a subprocess: torch stays out of this one) ------
 
 
-def build_demo_model(folder: str | os.PathLike[str], calibration_images: int = 6) -> None:
+def build_demo_model(folder: str | os.PathLike[str], calibration_images: int = 4) -> None:
     """Save a small random-weight model, marked ``synthetic_demo``, to ``folder``.
 
     Its weights are untrained, so its probabilities say nothing about tumour; the
@@ -93,7 +92,6 @@ def build_demo_model(folder: str | os.PathLike[str], calibration_images: int = 6
     (trained on synthetic data by ``marginwatch train``) exists.
     """
     import numpy as np
-
     from marginwatch import engine
     from marginwatch.engine.config import load_config
     from marginwatch.tools.synth import generate_image, write_image
