@@ -149,7 +149,11 @@ def prepare(image_path: str | os.PathLike[str], model: Model,
         read_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        mask = tissue_mask(nuclear_signal(scale_intensities(overview, high), profile))
+        signal = nuclear_signal(scale_intensities(overview, high), profile)
+        # a flat image is tissue if its signal is high in absolute terms (dtype range)
+        absolute = nuclear_signal(scale_intensities(overview, _dtype_range(info.dtype, channels)),
+                                  profile)
+        mask = tissue_mask(signal, flat_is_tissue=float(absolute.mean()) > 0.1)
         preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
         tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
         plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
@@ -183,6 +187,12 @@ def prepare(image_path: str | os.PathLike[str], model: Model,
         tile_px=tile_px, heatmap_scale=factor, preview_rgb=preview, level=info.level,
         timings={"read": read_seconds, "preprocess": time.perf_counter() - started},
     )
+
+
+def _dtype_range(dtype: str, channels: int) -> np.ndarray:
+    kind = np.dtype(dtype)
+    full = float(np.iinfo(kind).max) if np.issubdtype(kind, np.integer) else 1.0
+    return np.full(channels, full, np.float32)
 
 
 def _pixel_size(file_um: float | None, file_source: str | None, engine: EngineConfig,

@@ -1,8 +1,11 @@
 """Tissue mask on the fluorescence / nuclear signal, at overview resolution.
 
-Otsu's threshold separates tissue from glass; an image whose signal is flat (its 1st
-and 99th percentiles within ``FLAT_RANGE``) is all tissue or all background by its
-level. The threshold never drops below ``MIN_SIGNAL`` so sensor noise is not tissue.
+Otsu's threshold separates tissue from glass, but only when the two classes are truly
+apart: the bright class's mean must exceed the dark class's by ``SEPARATION`` times the
+dark class's spread. Pure sensor noise (one Gaussian mode, which Otsu splits at about
+1.6 sigma) therefore gives no tissue, even after percentile scaling stretched it. An
+image whose signal is flat (1st to 99th percentile within ``FLAT_RANGE``) is all
+tissue or all glass as the caller says (``flat_is_tissue``, from the absolute level).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ __all__ = ["otsu_threshold", "tissue_fraction", "tissue_mask"]
 
 FLAT_RANGE = 0.05
 MIN_SIGNAL = 0.05
+SEPARATION = 5.0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -31,14 +35,20 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def tissue_mask(signal: np.ndarray) -> np.ndarray:
+def tissue_mask(signal: np.ndarray, *, flat_is_tissue: bool = False) -> np.ndarray:
     """(h, w) signal in [0, 1] (high on tissue) -> (h, w) bool mask."""
     signal = np.nan_to_num(signal.astype(np.float32))
     low, high = np.percentile(signal, [1, 99])
     if high - low < FLAT_RANGE:
-        level = float(signal.mean())
-        return np.full(signal.shape, level > 2 * MIN_SIGNAL)
-    return signal > max(otsu_threshold(signal), MIN_SIGNAL)
+        return np.full(signal.shape, flat_is_tissue)
+    threshold = max(otsu_threshold(signal), MIN_SIGNAL)
+    mask = signal > threshold
+    dark = signal[~mask]
+    if mask.any() and dark.size:
+        gap = float(signal[mask].mean() - dark.mean())
+        if gap < SEPARATION * max(float(dark.std()), 1e-3):
+            return np.zeros(signal.shape, bool)  # one noisy mode: glass only
+    return mask
 
 
 def tissue_fraction(mask: np.ndarray, box: Box, factor: int) -> float:
