@@ -14,6 +14,7 @@ PostgreSQL via psycopg 3 (``postgresql+psycopg://``); readers set the session re
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
-__all__ = ["Target", "make_engine", "parse_target", "translate_errors"]
+__all__ = ["Target", "check_sqlite_file", "make_engine", "parse_target", "translate_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +193,38 @@ def _translate(
     if "append-only" in lowered:
         return StorageError(f"{where}: the audit log is append-only ({detail})")
     return StorageError(f"{where}: database error: {detail}")
+
+
+def check_sqlite_file(path: Path, *, readonly: bool, create: bool) -> None:
+    """Refuse early, naming the file, what SQLite would report obscurely or not at all."""
+    if path.is_dir():
+        raise DatabaseUnavailableError(f"{path}: is a directory, not a database file")
+    if not path.exists():
+        if readonly or not create:
+            raise DatabaseUnavailableError(
+                f"{path}: no such database file"
+                + ("" if readonly else "; run `marginwatch db upgrade` to create it")
+            )
+        if not path.parent.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailableError(
+                    f"{path}: cannot create its folder ({exc.strerror})"
+                ) from exc
+        return
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise DatabaseUnavailableError(f"{path}: cannot read ({exc.strerror})") from exc
+    if header and header != b"SQLite format 3\x00":
+        raise DatabaseUnavailableError(f"{path}: not an SQLite database (wrong file header)")
+    if not readonly and not os.access(path, os.W_OK):
+        raise DatabaseUnavailableError(
+            f"{path}: the database file is read-only; cannot open it for writing"
+        )
+    if not readonly and not os.access(path.parent, os.W_OK):
+        raise DatabaseUnavailableError(
+            f"{path.parent}: folder is read-only; SQLite needs it writable for its WAL files"
+        )

@@ -14,10 +14,8 @@ takes the audit chain's advisory lock (one lock order everywhere: chain, then ro
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -34,9 +32,9 @@ from marginwatch.engine.errors import (
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
-from . import _queries, audit, schema
-from ._engine import Target, make_engine, parse_target, translate_errors
-from .models import Alert, Heartbeat, Heatmap, Image, Job, ModelRow, Prediction, Tile
+from . import _jobs, _queries, audit, schema
+from ._engine import Target, check_sqlite_file, make_engine, parse_target, translate_errors
+from .models import Alert, Heartbeat, Image, Job, ModelRow, Prediction
 from .records import (
     AlertDetail,
     AlertView,
@@ -58,15 +56,6 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
-# Test-only hook: "finish_job:<step>" makes the writer print and sleep mid-transaction so
-# a test can SIGKILL it there (tests/test_storage_crash.py). Unset in production.
-PAUSE_ENV = "MARGINWATCH_STORAGE_TEST_PAUSE_AT"
-
-
-def _pause_point(step: str) -> None:
-    if os.environ.get(PAUSE_ENV) == step:
-        print(f"paused at {step}", flush=True)
-        time.sleep(3600)
 
 
 def _now(now: datetime | None) -> datetime:
@@ -110,7 +99,7 @@ class Store:
             raise ValueError("a read-only store cannot upgrade the schema")
         target = parse_target(os.fspath(url_or_path))
         if target.sqlite_path is not None:
-            _check_sqlite_file(target.sqlite_path, readonly=readonly, create=upgrade)
+            check_sqlite_file(target.sqlite_path, readonly=readonly, create=upgrade)
         engine = make_engine(target, readonly=readonly, busy_timeout_seconds=busy_timeout_seconds)
         store = cls(engine, target, readonly=readonly, busy_timeout_seconds=busy_timeout_seconds)
         try:
@@ -133,7 +122,7 @@ class Store:
         """(current revision or None, this code's head), opened read-only, unchecked."""
         target = parse_target(os.fspath(url_or_path))
         if target.sqlite_path is not None:
-            _check_sqlite_file(target.sqlite_path, readonly=True, create=False)
+            check_sqlite_file(target.sqlite_path, readonly=True, create=False)
         engine = make_engine(target, readonly=True, busy_timeout_seconds=busy_timeout_seconds)
         store = cls(engine, target, readonly=True, busy_timeout_seconds=busy_timeout_seconds)
         try:
@@ -371,7 +360,7 @@ class Store:
         """Push a held lease forward (long jobs); ConflictError if the lease was lost."""
         now = _now(now)
         with self._write(audited=False) as session:
-            job = self._held_job(session, job_id, owner)
+            job = _jobs.held_job(session, job_id, owner)
             job.lease_expires_at = now + timedelta(seconds=lease_seconds)
             job.updated_at = now
             return job.lease_expires_at
@@ -398,7 +387,7 @@ class Store:
             for job in jobs:
                 previous = job.lease_owner
                 if max_attempts is not None and job.attempts >= max_attempts:
-                    self._fail_final(
+                    _jobs.fail_final(
                         session,
                         job,
                         "LeaseExpired",
@@ -432,21 +421,6 @@ class Store:
                 .limit(1)
             )
 
-    @staticmethod
-    def _held_job(session: Session, job_id: int, owner: str) -> Job:
-        query = select(Job).where(Job.id == job_id)
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        job = session.scalar(query)
-        if job is None:
-            raise NotFoundError(f"job {job_id}: no such job")
-        if job.state != "processing" or job.lease_owner != owner:
-            raise ConflictError(
-                f"job {job_id}: not leased to {owner!r} (state {job.state}, "
-                f"lease owner {job.lease_owner!r}); its lease expired or it was finished"
-            )
-        return job
-
     def finish_job(
         self,
         job_id: int,
@@ -464,126 +438,8 @@ class Store:
         now = _now(now)
         actor = actor or owner
         with self._write() as session:
-            job = self._held_job(session, job_id, owner)
-            image = session.get(Image, job.image_id)
-            assert image is not None  # foreign key
-            model = session.get(ModelRow, result.model_id)
-            if model is None:
-                raise NotFoundError(f"model {result.model_id}: not registered")
-            image.sha256 = result.sha256
-            image.shape_json = json.dumps(list(result.shape))
-            image.um_per_px = result.um_per_px
-            image.um_per_px_source = result.um_per_px_source
-            image.profile = result.profile
-            prediction = Prediction(
-                image_id=image.id,
-                model_id=model.id,
-                backend=result.backend,
-                device=result.device,
-                precision=result.precision,
-                raw_probability=result.raw_probability,
-                probability=result.probability,
-                decision=result.decision,
-                threshold=result.threshold,
-                driving_tile=result.driving_tile,
-                timings_json=audit.canonical_json({k: float(v) for k, v in result.timings.items()}),
-                created_at=now,
-            )
-            session.add(prediction)
-            session.flush()
-            _pause_point("finish_job:after_prediction")
-            session.add_all(
-                Tile(
-                    prediction_id=prediction.id,
-                    idx=i,
-                    x0=t.box[0],
-                    y0=t.box[1],
-                    x1=t.box[2],
-                    y1=t.box[3],
-                    probability=t.probability,
-                )
-                for i, t in enumerate(result.tiles)
-            )
-            if result.heatmap_png is not None:
-                session.add(
-                    Heatmap(
-                        prediction_id=prediction.id,
-                        png=result.heatmap_png,
-                        scale=result.heatmap_scale or 1.0,
-                    )
-                )
-            session.flush()
-            _pause_point("finish_job:after_tiles")
-            alert_id = None
-            if result.decision:
-                alert = Alert(
-                    kind="tumour-at-margin",
-                    image_id=image.id,
-                    prediction_id=prediction.id,
-                    job_id=job.id,
-                    raised_at=now,
-                    message=(
-                        f"tumour at margin: p={result.probability:.3f} "
-                        f">= threshold {result.threshold:.3f}"
-                    ),
-                )
-                session.add(alert)
-                session.flush()
-                alert_id = alert.id
-            event = audit.append_event(
-                session,
-                "image.assessed",
-                image.id,
-                {
-                    "job_id": job.id,
-                    "prediction_id": prediction.id,
-                    "model_digest": model.digest,
-                    "sha256": result.sha256,
-                    "backend": result.backend,
-                    "device": result.device,
-                    "precision": result.precision,
-                    "probability": result.probability,
-                    "raw_probability": result.raw_probability,
-                    "decision": result.decision,
-                    "threshold": result.threshold,
-                    "tiles": len(result.tiles),
-                },
-                actor,
-                now,
-            )
-            if alert_id is not None:
-                event = audit.append_event(
-                    session,
-                    "alert.raised",
-                    image.id,
-                    {
-                        "alert_id": alert_id,
-                        "kind": "tumour-at-margin",
-                        "prediction_id": prediction.id,
-                    },
-                    actor,
-                    now,
-                )
-            _pause_point("finish_job:after_audit")
-            job.state = "done"
-            job.prediction_id = prediction.id
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.error_class = None
-            job.error_message = None
-            job.finished_at = now
-            job.updated_at = now
-            session.flush()
-            _pause_point("finish_job:before_commit")
-            logger.info(
-                "image %s assessed: prediction %d decision=%s",
-                image.id,
-                prediction.id,
-                result.decision,
-            )
-            return FinishOutcome(
-                prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq
-            )
+            job = _jobs.held_job(session, job_id, owner)
+            return _jobs.record_assessment(session, job, result, actor, now)
 
     def mark_duplicate(
         self,
@@ -598,7 +454,7 @@ class Store:
         """Close a job whose bytes were already assessed by the same model: link, don't rerun."""
         now = _now(now)
         with self._write() as session:
-            job = self._held_job(session, job_id, owner)
+            job = _jobs.held_job(session, job_id, owner)
             if session.get(Prediction, of_prediction_id) is None:
                 raise NotFoundError(f"prediction {of_prediction_id}: no such prediction")
             image = session.get(Image, job.image_id)
@@ -635,7 +491,7 @@ class Store:
         now = _now(now)
         actor = actor or owner
         with self._write() as session:
-            job = self._held_job(session, job_id, owner)
+            job = _jobs.held_job(session, job_id, owner)
             job.error_class = error_class
             job.error_message = message
             job.lease_owner = None
@@ -660,57 +516,10 @@ class Store:
                 return FailOutcome(
                     state="pending", attempts=job.attempts, not_before=job.not_before, alert_id=None
                 )
-            alert_id = self._fail_final(session, job, error_class, message, actor, now)
+            alert_id = _jobs.fail_final(session, job, error_class, message, actor, now)
             return FailOutcome(
                 state="failed", attempts=job.attempts, not_before=None, alert_id=alert_id
             )
-
-    @staticmethod
-    def _fail_final(
-        session: Session, job: Job, error_class: str, message: str, actor: str, now: datetime
-    ) -> int:
-        job.state = "failed"
-        job.error_class = error_class
-        job.error_message = message
-        job.lease_owner = None
-        job.lease_expires_at = None
-        job.not_before = None
-        job.finished_at = now
-        job.updated_at = now
-        alert = Alert(
-            kind="not-assessed",
-            image_id=job.image_id,
-            job_id=job.id,
-            raised_at=now,
-            message=f"NOT ASSESSED ({error_class}): {message}",
-        )
-        session.add(alert)
-        session.flush()
-        audit.append_event(
-            session,
-            "image.failed",
-            job.image_id,
-            {
-                "job_id": job.id,
-                "attempts": job.attempts,
-                "error_class": error_class,
-                "message": message,
-            },
-            actor,
-            now,
-        )
-        audit.append_event(
-            session,
-            "alert.raised",
-            job.image_id,
-            {"alert_id": alert.id, "kind": "not-assessed", "job_id": job.id},
-            actor,
-            now,
-        )
-        logger.warning(
-            "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
-        )
-        return alert.id
 
     # --- alerts, audit, heartbeat ---------------------------------------------------
 
@@ -876,38 +685,3 @@ class Store:
         """Everything about one image; ``image_id`` may be a unique prefix (>= 4 chars)."""
         with self._read() as session:
             return _queries.image_detail(session, image_id)
-
-
-def _check_sqlite_file(path: Path, *, readonly: bool, create: bool) -> None:
-    """Refuse early, naming the file, what SQLite would report obscurely or not at all."""
-    if path.is_dir():
-        raise DatabaseUnavailableError(f"{path}: is a directory, not a database file")
-    if not path.exists():
-        if readonly or not create:
-            raise DatabaseUnavailableError(
-                f"{path}: no such database file"
-                + ("" if readonly else "; run `marginwatch db upgrade` to create it")
-            )
-        if not path.parent.exists():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DatabaseUnavailableError(
-                    f"{path}: cannot create its folder ({exc.strerror})"
-                ) from exc
-        return
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(16)
-    except OSError as exc:
-        raise DatabaseUnavailableError(f"{path}: cannot read ({exc.strerror})") from exc
-    if header and header != b"SQLite format 3\x00":
-        raise DatabaseUnavailableError(f"{path}: not an SQLite database (wrong file header)")
-    if not readonly and not os.access(path, os.W_OK):
-        raise DatabaseUnavailableError(
-            f"{path}: the database file is read-only; cannot open it for writing"
-        )
-    if not readonly and not os.access(path.parent, os.W_OK):
-        raise DatabaseUnavailableError(
-            f"{path.parent}: folder is read-only; SQLite needs it writable for its WAL files"
-        )

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from marginwatch.storage import Store
 from marginwatch.storage.models import Alert, AuditEvent, Heatmap, Prediction, Tile
-from marginwatch.storage.store import PAUSE_ENV
+from marginwatch.storage._jobs import PAUSE_ENV
 from marginwatch.storage.testing import backend_params, database_url, sample_record
 from sqlalchemy import func, select
 

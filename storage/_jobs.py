@@ -1,0 +1,221 @@
+"""Job lifecycle steps that run inside a Store's writing transaction (one session).
+
+Kept apart from :mod:`store` so each stays readable; nothing here commits: the caller's
+``with store._write()`` block is the transaction, so a crash between any two steps leaves
+all of a job's records or none of them (tests/test_storage_crash.py kills a writer at
+each ``pause_point``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+
+from marginwatch.engine.errors import ConflictError, NotFoundError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import audit
+from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
+from .records import AssessmentRecord, FinishOutcome
+
+__all__ = ["PAUSE_ENV", "fail_final", "held_job", "pause_point", "record_assessment"]
+
+logger = logging.getLogger(__name__)
+
+# Test-only hook: "finish_job:<step>" makes the writer print and sleep mid-transaction so
+# a test can SIGKILL it there. Unset in production.
+PAUSE_ENV = "MARGINWATCH_STORAGE_TEST_PAUSE_AT"
+
+
+def pause_point(step: str) -> None:
+    if os.environ.get(PAUSE_ENV) == step:
+        print(f"paused at {step}", flush=True)
+        time.sleep(3600)
+
+
+def held_job(session: Session, job_id: int, owner: str) -> Job:
+    query = select(Job).where(Job.id == job_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    job = session.scalar(query)
+    if job is None:
+        raise NotFoundError(f"job {job_id}: no such job")
+    if job.state != "processing" or job.lease_owner != owner:
+        raise ConflictError(
+            f"job {job_id}: not leased to {owner!r} (state {job.state}, "
+            f"lease owner {job.lease_owner!r}); its lease expired or it was finished"
+        )
+    return job
+
+
+def record_assessment(
+    session: Session, job: Job, result: AssessmentRecord, actor: str, now: datetime
+) -> FinishOutcome:
+    """Image details, prediction, tiles, heatmap, alert if positive, audit, job -> done."""
+    image = session.get(Image, job.image_id)
+    assert image is not None  # foreign key
+    model = session.get(ModelRow, result.model_id)
+    if model is None:
+        raise NotFoundError(f"model {result.model_id}: not registered")
+    image.sha256 = result.sha256
+    image.shape_json = json.dumps(list(result.shape))
+    image.um_per_px = result.um_per_px
+    image.um_per_px_source = result.um_per_px_source
+    image.profile = result.profile
+    prediction = Prediction(
+        image_id=image.id,
+        model_id=model.id,
+        backend=result.backend,
+        device=result.device,
+        precision=result.precision,
+        raw_probability=result.raw_probability,
+        probability=result.probability,
+        decision=result.decision,
+        threshold=result.threshold,
+        driving_tile=result.driving_tile,
+        timings_json=audit.canonical_json({k: float(v) for k, v in result.timings.items()}),
+        created_at=now,
+    )
+    session.add(prediction)
+    session.flush()
+    pause_point("finish_job:after_prediction")
+    session.add_all(
+        Tile(
+            prediction_id=prediction.id,
+            idx=i,
+            x0=t.box[0],
+            y0=t.box[1],
+            x1=t.box[2],
+            y1=t.box[3],
+            probability=t.probability,
+        )
+        for i, t in enumerate(result.tiles)
+    )
+    if result.heatmap_png is not None:
+        session.add(
+            Heatmap(
+                prediction_id=prediction.id,
+                png=result.heatmap_png,
+                scale=result.heatmap_scale or 1.0,
+            )
+        )
+    session.flush()
+    pause_point("finish_job:after_tiles")
+    alert_id = None
+    if result.decision:
+        alert = Alert(
+            kind="tumour-at-margin",
+            image_id=image.id,
+            prediction_id=prediction.id,
+            job_id=job.id,
+            raised_at=now,
+            message=(
+                f"tumour at margin: p={result.probability:.3f} >= threshold {result.threshold:.3f}"
+            ),
+        )
+        session.add(alert)
+        session.flush()
+        alert_id = alert.id
+    event = audit.append_event(
+        session,
+        "image.assessed",
+        image.id,
+        {
+            "job_id": job.id,
+            "prediction_id": prediction.id,
+            "model_digest": model.digest,
+            "sha256": result.sha256,
+            "backend": result.backend,
+            "device": result.device,
+            "precision": result.precision,
+            "probability": result.probability,
+            "raw_probability": result.raw_probability,
+            "decision": result.decision,
+            "threshold": result.threshold,
+            "tiles": len(result.tiles),
+        },
+        actor,
+        now,
+    )
+    if alert_id is not None:
+        event = audit.append_event(
+            session,
+            "alert.raised",
+            image.id,
+            {
+                "alert_id": alert_id,
+                "kind": "tumour-at-margin",
+                "prediction_id": prediction.id,
+            },
+            actor,
+            now,
+        )
+    pause_point("finish_job:after_audit")
+    job.state = "done"
+    job.prediction_id = prediction.id
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.error_class = None
+    job.error_message = None
+    job.finished_at = now
+    job.updated_at = now
+    session.flush()
+    pause_point("finish_job:before_commit")
+    logger.info(
+        "image %s assessed: prediction %d decision=%s",
+        image.id,
+        prediction.id,
+        result.decision,
+    )
+    return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
+
+
+def fail_final(
+    session: Session, job: Job, error_class: str, message: str, actor: str, now: datetime
+) -> int:
+    job.state = "failed"
+    job.error_class = error_class
+    job.error_message = message
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.not_before = None
+    job.finished_at = now
+    job.updated_at = now
+    alert = Alert(
+        kind="not-assessed",
+        image_id=job.image_id,
+        job_id=job.id,
+        raised_at=now,
+        message=f"NOT ASSESSED ({error_class}): {message}",
+    )
+    session.add(alert)
+    session.flush()
+    audit.append_event(
+        session,
+        "image.failed",
+        job.image_id,
+        {
+            "job_id": job.id,
+            "attempts": job.attempts,
+            "error_class": error_class,
+            "message": message,
+        },
+        actor,
+        now,
+    )
+    audit.append_event(
+        session,
+        "alert.raised",
+        job.image_id,
+        {"alert_id": alert.id, "kind": "not-assessed", "job_id": job.id},
+        actor,
+        now,
+    )
+    logger.warning(
+        "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
+    )
+    return alert.id
