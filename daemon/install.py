@@ -268,10 +268,14 @@ def install_systemd(
     if not (at(venv) / "bin" / "marginwatch").exists() and not options.dry_run:
         echo(
             f"next: install marginwatch into {venv} (e.g. `{venv}/bin/pip install "
-            "marginwatch-*.whl`), put the model in place, then `systemctl start marginwatch`"
+            f"marginwatch-*.whl`), set daemon.model_dir in {CONFIG_FILE}, then "
+            "`systemctl start marginwatch`"
         )
     elif not options.dry_run:
-        echo("next: `systemctl start marginwatch` and check `systemctl status marginwatch`")
+        echo(
+            f"next: set daemon.model_dir in {CONFIG_FILE} if not done, then "
+            "`systemctl start marginwatch` and check `systemctl status marginwatch`"
+        )
     return report.changed
 
 
