@@ -1,0 +1,102 @@
+"""``marginwatch predict`` in a subprocess: good and bad inputs in one run, JSON, broken models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from conftest import write_fcm_tiff
+from PIL import Image
+
+CLI = Path(sys.executable).parent / "marginwatch"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CLI), "predict", *args], capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "MARGINWATCH_CONFIG": ""})
+
+
+def _header_only(path: Path) -> Path:
+    from test_engine_readers import _header_only_tiff
+
+    return _header_only_tiff(path, 200_000, 200_000)
+
+
+def test_predict_text_with_bad_inputs(tmp_path, tiny_model_dir):
+    good = write_fcm_tiff(tmp_path / "good.tif", um_per_px=0.5)
+    png = tmp_path / "good.png"
+    Image.fromarray((tifffile.imread(good) // 256).astype(np.uint8)).save(png)
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not an image")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    huge = _header_only(tmp_path / "huge.tif")
+    int32 = tmp_path / "int32.tif"
+    tifffile.imwrite(int32, np.zeros((32, 32), np.int32))
+    rgb = write_fcm_tiff(tmp_path / "rgb.tif", channels=3, dtype="uint8")
+    cam = tmp_path / "cam.png"
+    files = [good, text, empty, truncated, huge, int32, rgb, png]
+    result = _run(*map(str, files), "--model", str(tiny_model_dir), "--cam", str(cam))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("marginwatch: research use only, not a diagnosis")
+    rows = {line.split(": ", 1)[0]: line for line in lines[1:]}
+    assert "no tumour at margin" in rows[str(good)] or "TUMOUR AT MARGIN" in rows[str(good)]
+    assert "tiles" in rows[str(good)] and "torch-cpu" in rows[str(good)]
+    assert "NOT ASSESSED" not in rows[str(png)]
+    expectations = {
+        text: "not a TIFF, PNG, JPEG or BMP",
+        empty: "is empty (0 bytes)",
+        truncated: "corrupt or truncated",
+        huge: "exceeds engine.max_pixels",
+        int32: "pixel type int32",
+        rgb: "3 channel(s)",
+    }
+    for path, reason in expectations.items():
+        assert rows[str(path)].startswith(f"{path}: NOT ASSESSED: "), rows[str(path)]
+        assert reason in rows[str(path)]
+    assert (tmp_path / "cam-1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "cam-8.png").exists() and not (tmp_path / "cam-2.png").exists()
+
+
+def test_predict_json_and_synthetic_demo(tmp_path):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "demo", synthetic_demo=True)
+    good = write_fcm_tiff(tmp_path / "good.tif")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    result = _run(str(good), str(empty), "--model", str(model), "--json")
+    assert result.returncode == 2
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["assessed"] is True and first["synthetic_demo"] is True
+    assert {"path", "probability", "decision", "threshold", "tiles", "model_digest", "backend",
+            "seconds"} <= set(first)
+    assert len(first["model_digest"]) == 64 and first["um_per_px_source"] == "tiff-resolution"
+    assert second == {"path": str(empty), "assessed": False, "error": "UnreadableImageError",
+                      "reason": "is empty (0 bytes); expected an image file",
+                      "research_use_only": True}
+    assert "research use only" in result.stderr and "SYNTHETIC DEMO" in result.stderr
+
+
+def test_predict_broken_model_folder(tmp_path, tiny_model_dir):
+    good = write_fcm_tiff(tmp_path / "good.tif")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    card = json.loads((broken / "model.json").read_text())
+    card["architecture"] = "resnet50"
+    (broken / "model.json").write_text(json.dumps(card))
+    result = _run(str(good), "--model", str(broken))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("marginwatch: error: ")
+    assert "do not match architecture 'resnet50'" in result.stderr
+    missing = _run(str(good), "--model", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "model folder not found" in missing.stderr
