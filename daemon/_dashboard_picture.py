@@ -121,25 +121,20 @@ def _region_rgb(
         return None, f"source image could not be read ({type(exc).__name__})"
 
 
-def load_picture(store: Any, detail: Any, *, max_pixels: int) -> Picture:
-    """Build the picture of an :class:`~marginwatch.storage.AlertDetail` (read-only store)."""
-    alert = detail.alert
+def load_picture(store: Any, alert: Any, *, max_pixels: int) -> Picture:
+    """The picture of a tumour-at-margin alert (an ``AlertView``), from a read-only store."""
+    image = store.image_detail(alert.image_id)
     box = None
-    if detail.driving_tile is not None and 0 <= detail.driving_tile < len(detail.tiles):
-        box = tuple(detail.tiles[detail.driving_tile].box)
+    if image.driving_tile is not None and 0 <= image.driving_tile < len(image.tiles):
+        box = tuple(image.tiles[image.driving_tile].box)
     heatmap = None
-    if detail.heatmap_png:
+    if image.heatmap_png:
         try:
-            heatmap = _heatmap_rgb(detail.heatmap_png, detail.heatmap_scale, box)
+            heatmap = _heatmap_rgb(image.heatmap_png, image.heatmap_scale, box)
         except Exception as exc:  # noqa: BLE001 - a bad stored PNG must not stop the console
             logger.warning("alert %d: heatmap not drawable (%s)", alert.id, type(exc).__name__)
     region, note = None, "no region: the image was not assessed"
     if box is not None:
-        try:
-            image = store.image_detail(alert.image_id)
-        except Exception as exc:  # noqa: BLE001 - same: show the heatmap alone
-            note = f"source location unknown ({type(exc).__name__})"
-        else:
-            region, note = _region_rgb(image.root_key, image.row.rel_path, box, image.profile,
-                                       max_pixels)
+        region, note = _region_rgb(image.root_key, image.row.rel_path, box, image.profile,
+                                   max_pixels)
     return Picture(alert.id, heatmap, region, note, box)

@@ -139,12 +139,15 @@ class Source:
         if shot.heartbeat is not None:
             shot.daemon = self._daemon_info(store, shot.heartbeat.owner)
         shot.alerts = store.open_alerts()
-        if shot.alerts:
-            newest = shot.alerts[0]
-            if self._picture is None or self._picture.alert_id != newest.id:
-                detail = store.latest_alert_detail()
-                self._picture = (None if detail is None else
-                                 load_picture(store, detail, max_pixels=self.max_pixels))
+        # The picture: the newest tumour alert's Grad-CAM (a not-assessed alert has none;
+        # it is shown as its message only when no tumour alert is open).
+        tumour = [a for a in shot.alerts if a.kind == "tumour-at-margin"]
+        newest = tumour[0] if tumour else (shot.alerts[0] if shot.alerts else None)
+        if newest is not None:
+            if newest.prediction_id is None:
+                self._picture = Picture(newest.id, None, None, newest.message, None)
+            elif self._picture is None or self._picture.alert_id != newest.id:
+                self._picture = load_picture(store, newest, max_pixels=self.max_pixels)
             shot.picture = self._picture
             shot.picture_alert = newest
         for alert in shot.alerts[:MAX_ALERT_ROWS]:
@@ -313,7 +316,7 @@ def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
     pic = shot.picture
     alert = shot.picture_alert
     if pic is None or alert is None:
-        return Text("Grad-CAM of the newest alert appears here.", style="dim")
+        return Text("Grad-CAM of the newest tumour alert appears here.", style="dim")
     head = Text(f"#{alert.id} {_label(alert.rel_path, max(10, width - 12))}", style="bold")
     if alert.probability is not None:
         head.append(f" p={alert.probability:.2f}", style="bold red")
@@ -411,7 +414,11 @@ def render(shot: Snapshot, width: int, height: int) -> Layout:
     alert_border = "red" if red else ("dark_orange" if shot.alerts else "green")
     pad = (0, 1) if width >= 100 else (0, 0)
     edge = 4 if width >= 100 else 2
-    picture_width = min(max(25, (width - 4) * 3 // 8), 4 * (lower_rows - 4) + 1 + edge)
+    share = (width - 4) // 2 if height >= 40 else (width - 4) * 3 // 8
+    picture_width = min(max(25, share), 4 * (lower_rows - 4) + 1 + edge)
+    shown = shot.picture_alert
+    tumour_picture = shown is not None and shown.kind == "tumour-at-margin"
+    picture_title = "newest tumour alert" if tumour_picture else "newest alert"
     layout = Layout()
     layout.split_column(
         Layout(header, name="header", size=header_rows),
@@ -423,7 +430,7 @@ def render(shot: Snapshot, width: int, height: int) -> Layout:
     )
     layout["lower"].split_row(
         Layout(Panel(_picture_panel(shot, picture_width - edge, lower_rows - 2),
-                     title="newest alert", title_align="left", box=box.ROUNDED,
+                     title=picture_title, title_align="left", box=box.ROUNDED,
                      padding=pad), name="picture", size=picture_width),
         Layout(Panel(_recent(shot, width - picture_width - edge, lower_rows - 2),
                      title="recent results", title_align="left", box=box.ROUNDED,

@@ -167,7 +167,7 @@ def test_acknowledged_alert_leaves_the_red_list(alerts_db: Path) -> None:
         store.acknowledge(3, "Dr Who", "seen, frozen section sent")
     frame = _capture(alerts_db, 80, 24)
     assert "OPEN ALERTS (2)" in frame
-    assert "#3 " not in frame.split("newest alert")[0]
+    assert "#3 " not in frame.split("\u256d\u2500 newest")[0]
 
 
 def test_bell_rings_once_per_new_alert(alerts_db: Path) -> None:
