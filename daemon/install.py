@@ -20,6 +20,7 @@ Nothing is started: the daemon needs the model and the venv's packages first.
 from __future__ import annotations
 
 import grp
+import importlib.util
 import os
 import pwd
 import shutil
@@ -81,14 +82,18 @@ class _Report:
 
 
 def units_source_dir() -> Path:
-    """The ``systemd/`` folder shipped beside the package (source tree or editable install)."""
+    """The unit files: the installed ``marginwatch.systemd`` data, else the source tree's."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "systemd", here / "systemd"):
+    candidates = [here.parent / "systemd", here / "systemd"]
+    spec = importlib.util.find_spec("marginwatch.systemd")
+    if spec is not None and spec.submodule_search_locations:
+        candidates[:0] = [Path(location) for location in spec.submodule_search_locations]
+    for candidate in candidates:
         if (candidate / DAEMON_UNIT).is_file():
             return candidate
     raise DeploymentError(
         f"cannot find the unit files: expected {here.parent / 'systemd' / DAEMON_UNIT}; "
-        "run install-systemd from a marginwatch source checkout or an editable install"
+        "reinstall marginwatch (the wheel ships them as marginwatch.systemd)"
     )
 
 
