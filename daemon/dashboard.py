@@ -503,8 +503,25 @@ def run_dashboard(
 
 
 def _live(source: Source, config: Any, console: Console, stop: Callable[[], bool]) -> int:
+    """Full screen until Ctrl-C, SIGTERM (systemd stopping the console) or ``stop()``."""
+    import signal
+    import threading
+
     from rich.live import Live
 
+    terminated = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    try:
+        return _live_loop(source, config, console, lambda: terminated.is_set() or stop(), Live)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _live_loop(source: Source, config: Any, console: Console, stop: Callable[[], bool],
+               live_class: Any) -> int:
     bell = Bell()
     period = 1.0 / config.dashboard.refresh_per_second
 
@@ -514,8 +531,8 @@ def _live(source: Source, config: Any, console: Console, stop: Callable[[], bool
             console.bell()
         return render(shot, console.size.width, console.size.height)
 
-    with Live(frame(), console=console, screen=True, auto_refresh=False,
-              transient=True, redirect_stdout=False, redirect_stderr=False) as live:
+    with live_class(frame(), console=console, screen=True, auto_refresh=False,
+                    transient=True, redirect_stdout=False, redirect_stderr=False) as live:
         while not stop():
             time.sleep(period)
             live.update(frame(), refresh=True)
