@@ -41,10 +41,8 @@ with open(sys.argv[2], "wb") as fh:
 
 
 @pytest.fixture
-def model_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    if os.environ.get("MW_DEV_DAEMON"):
-        return tmp_path
-    return Path(request.getfixturevalue("tiny_model_dir"))
+def model_dir(tiny_model_dir) -> Path:  # noqa: ANN001
+    return Path(tiny_model_dir)
 
 
 def _dirs(tmp_path: Path) -> tuple[Path, Path]:

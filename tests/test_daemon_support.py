@@ -43,8 +43,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {"backend": "torch-cpu", "precision": "fp32"}
 
 
 def _command() -> list[str]:
-    dev = os.environ.get("MW_DEV_DAEMON")  # DEV ONLY: a stand-in engine runner script
-    return [sys.executable, dev] if dev else [MARGINWATCH]
+    return [MARGINWATCH]
 
 
 def _toml_value(value: Any) -> str:
@@ -67,21 +66,21 @@ def write_config(path: Path, daemon: dict[str, Any], engine: dict[str, Any]) -> 
 
 
 def write_image(path: Path, seed: int, side: int = 96) -> Path:
-    """A small grey uint8 TIFF with distinct bytes per seed (written by tifffile)."""
-    rng = np.random.default_rng(seed)
-    data = rng.integers(40, 255, size=(side, side), dtype=np.uint8)
+    """A small FCM-like grey TIFF (tissue ellipse + nuclei), distinct bytes per seed."""
+    from conftest import write_fcm_tiff
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, data, photometric="minisblack")
+    write_fcm_tiff(path, shape=(side, side), seed=seed, dtype="uint8")
     return path
 
 
 def image_bytes(seed: int, side: int = 96) -> bytes:
     import io
 
-    rng = np.random.default_rng(seed)
-    data = rng.integers(40, 255, size=(side, side), dtype=np.uint8)
+    from conftest import write_fcm_tiff
+
     buf = io.BytesIO()
-    tifffile.imwrite(buf, data, photometric="minisblack")
+    write_fcm_tiff(buf, shape=(side, side), seed=seed, dtype="uint8")
     return buf.getvalue()
 
 
