@@ -19,7 +19,9 @@ __all__ = ["EngineStages", "load_stages"]
 class EngineStages:
     """``prepare`` / ``finish`` / ``record`` for one model (see the module docstring)."""
 
-    def __init__(self, engine: Any, model: Any, config: Config, backend: Any, model_id: int) -> None:
+    def __init__(
+        self, engine: Any, model: Any, config: Config, backend: Any, model_id: int
+    ) -> None:
         self._engine = engine
         self._model = model
         self._config = config

@@ -89,11 +89,11 @@ _ADVICE: list[tuple[type[BaseException], str, bool]] = [
 
 def describe_failure(exc: BaseException, abs_path: str, rel_path: str) -> tuple[str, str, bool]:
     """``(error_class, message, retryable)``; the message never carries the absolute path."""
-    for cls, advice, retry in _ADVICE:
+    advice, retry = "internal error; see the daemon log and report it", True
+    for cls, cls_advice, cls_retry in _ADVICE:
         if isinstance(exc, cls):
+            advice, retry = cls_advice, cls_retry
             break
-    else:
-        advice, retry = "internal error; see the daemon log and report it", True
     if isinstance(exc, OSError) and not isinstance(exc, MarginwatchError):
         what = exc.strerror or type(exc).__name__
         text = f"{rel_path}: cannot read the file ({what})"

@@ -1,8 +1,9 @@
 """End-to-end: bad files among good ones each end failed (with a reason) or ignored.
 
 The unreadable file: tests run as root here, and root reads a mode-000 file anyway. So
-when the suite runs as root the daemon process is started as ``nobody`` (``setpriv``), with its state in a folder ``nobody`` owns, and the unreadable file
-is a root-owned mode-000 file: the daemon meets a real EACCES. Not as root, the file
+when the suite runs as root the daemon process is started as ``nobody`` (``setpriv``),
+with its state in a folder ``nobody`` owns, and the unreadable file is a root-owned
+mode-000 file: the daemon meets a real EACCES. Not as root, the file
 is simply ours with mode 000.
 """
 
@@ -16,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from test_daemon_support import Daemon, all_final, query, wait_for, write_image
 
 NOBODY = 65534

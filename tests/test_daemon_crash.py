@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_daemon_support import (
     Daemon,
     all_final,

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_daemon_support import (
     Daemon,
     all_final,

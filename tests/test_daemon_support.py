@@ -19,9 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import tifffile
-
 MARGINWATCH = str(Path(sys.executable).with_name("marginwatch"))
 FINAL_STATES = ("done", "duplicate", "failed")
 
@@ -136,8 +133,8 @@ class Daemon:
         env.pop("MARGINWATCH_CONFIG", None)
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [*self.prefix, *_command(), "run", "--watch", str(self.watch), "--config", str(self.config),
-             "--db", str(self.db), "--model", str(self.model_dir)],
+            [*self.prefix, *_command(), "run", "--watch", str(self.watch),
+             "--config", str(self.config), "--db", str(self.db), "--model", str(self.model_dir)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         log.close()
@@ -149,7 +146,7 @@ class Daemon:
         while not self._closing.is_set():
             try:
                 data = sock.recv(4096).decode()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

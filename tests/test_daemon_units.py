@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-
 from marginwatch.daemon.batching import TileBatcher, concat_inferences, slice_inference
 from marginwatch.daemon.observer import FolderObserver, PathFilter, Sighting, scan_folder
 from marginwatch.daemon.readiness import ReadinessTracker, ReadyFile
