@@ -38,9 +38,16 @@ _MODES = {
 }
 
 
-def open_pillow(file: Path, handle: BinaryIO | Path, kind: str, *, max_pixels: int,
-                max_channels: int, region_read_min_pixels: int,
-                target_um_per_px: float | None) -> ImageSource:
+def open_pillow(
+    file: Path,
+    handle: BinaryIO | Path,
+    kind: str,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    region_read_min_pixels: int,
+    target_um_per_px: float | None,
+) -> ImageSource:
     del region_read_min_pixels, target_um_per_px  # whole-image formats, no pyramids
     try:
         with warnings.catch_warnings():
@@ -49,7 +56,9 @@ def open_pillow(file: Path, handle: BinaryIO | Path, kind: str, *, max_pixels: i
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"{file}: {exc}; nothing was decoded") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImageError(f"{file}: {kind} header is corrupt or truncated ({exc})") from exc
+        raise UnreadableImageError(
+            f"{file}: {kind} header is corrupt or truncated ({exc})"
+        ) from exc
     with image:
         width, height = image.size
         mode = image.mode
@@ -58,8 +67,9 @@ def open_pillow(file: Path, handle: BinaryIO | Path, kind: str, *, max_pixels: i
                 f"{file}: {kind} pixel mode {mode!r}; expected 8/16-bit grey, RGB or RGBA"
             )
         channels, dtype = _MODES[mode]
-        check_declared(file, (height, width, channels), dtype,
-                       max_pixels=max_pixels, max_channels=max_channels)
+        check_declared(
+            file, (height, width, channels), dtype, max_pixels=max_pixels, max_channels=max_channels
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -69,8 +79,9 @@ def open_pillow(file: Path, handle: BinaryIO | Path, kind: str, *, max_pixels: i
             raise UnreadableImageError(
                 f"{file}: {kind} pixel data is corrupt or truncated ({exc})"
             ) from exc
-    info = ImageInfo(path=str(file), format=kind, shape=(height, width, array.shape[2]),
-                     dtype=str(array.dtype))
+    info = ImageInfo(
+        path=str(file), format=kind, shape=(height, width, array.shape[2]), dtype=str(array.dtype)
+    )
     return ArraySource(info, array)
 
 

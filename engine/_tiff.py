@@ -33,19 +33,51 @@ logger = logging.getLogger(__name__)
 PLAUSIBLE_UM_PER_PX = (0.01, 100.0)
 _CHANNEL_AXES = "CSIQ"
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # ResolutionUnit INCH, CENTIMETER
-_OME_UNITS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
-              "Å": 1e-4, "pm": 1e-6}
-_IMAGEJ_UNITS = {"micron": 1.0, "um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "microns": 1.0,
-                 "nm": 1e-3, "mm": 1e3}
+_OME_UNITS = {
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "nm": 1e-3,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "Å": 1e-4,
+    "pm": 1e-6,
+}
+_IMAGEJ_UNITS = {
+    "micron": 1.0,
+    "um": 1.0,
+    "µm": 1.0,
+    "\\u00B5m": 1.0,
+    "microns": 1.0,
+    "nm": 1e-3,
+    "mm": 1e3,
+}
 
 DECODE_ERRORS = (
-    tifffile.TiffFileError, ValueError, IndexError, KeyError, TypeError, struct.error,
-    OSError, EOFError, RuntimeError, NotImplementedError, ZeroDivisionError,
+    tifffile.TiffFileError,
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ZeroDivisionError,
 )
 
 
-def open_tiff(file: Path, handle: BinaryIO | Path, *, max_pixels: int, max_channels: int,
-              region_read_min_pixels: int, target_um_per_px: float | None) -> ImageSource:
+def open_tiff(
+    file: Path,
+    handle: BinaryIO | Path,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    region_read_min_pixels: int,
+    target_um_per_px: float | None,
+) -> ImageSource:
     try:
         tif = tifffile.TiffFile(handle)
     except DECODE_ERRORS as exc:
@@ -53,16 +85,28 @@ def open_tiff(file: Path, handle: BinaryIO | Path, *, max_pixels: int, max_chann
             f"{file}: TIFF header is corrupt or truncated ({type(exc).__name__}: {exc})"
         ) from exc
     try:
-        return _open(file, tif, max_pixels=max_pixels, max_channels=max_channels,
-                     region_read_min_pixels=region_read_min_pixels,
-                     target_um_per_px=target_um_per_px)
+        return _open(
+            file,
+            tif,
+            max_pixels=max_pixels,
+            max_channels=max_channels,
+            region_read_min_pixels=region_read_min_pixels,
+            target_um_per_px=target_um_per_px,
+        )
     except BaseException:
         tif.close()
         raise
 
 
-def _open(file: Path, tif: tifffile.TiffFile, *, max_pixels: int, max_channels: int,
-          region_read_min_pixels: int, target_um_per_px: float | None) -> ImageSource:
+def _open(
+    file: Path,
+    tif: tifffile.TiffFile,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    region_read_min_pixels: int,
+    target_um_per_px: float | None,
+) -> ImageSource:
     try:
         series = tif.series[0] if tif.series else None
     except DECODE_ERRORS as exc:
@@ -82,9 +126,16 @@ def _open(file: Path, tif: tifffile.TiffFile, *, max_pixels: int, max_channels: 
     what = f" (pyramid level {chosen} of {len(levels)})" if len(levels) > 1 else ""
     check_declared(file, shape, dtype, max_pixels=max_pixels, max_channels=max_channels, what=what)
     info = ImageInfo(
-        path=str(file), format="OME-TIFF" if tif.is_ome else "TIFF", shape=shape, dtype=dtype,
-        um_per_px=level_um, um_per_px_source=source if um is not None else None, level=chosen,
-        levels=len(levels), base_shape=base_shape, notes=notes,
+        path=str(file),
+        format="OME-TIFF" if tif.is_ome else "TIFF",
+        shape=shape,
+        dtype=dtype,
+        um_per_px=level_um,
+        um_per_px_source=source if um is not None else None,
+        level=chosen,
+        levels=len(levels),
+        base_shape=base_shape,
+        notes=notes,
     )
     if shape[0] * shape[1] >= region_read_min_pixels:
         info.region_reads = True
@@ -106,8 +157,11 @@ def _layout(file: Path, level: Any) -> tuple[tuple[int, int, int], str]:
     kept = "".join(a for a, n in zip(axes, level.shape, strict=True) if a in "YX" or n > 1)
     sizes = dict(zip(axes, level.shape, strict=True))
     channel_axes = [a for a in kept if a not in "YX"]
-    if "Y" not in kept or "X" not in kept or len(channel_axes) > 1 or (
-        channel_axes and channel_axes[0] not in _CHANNEL_AXES
+    if (
+        "Y" not in kept
+        or "X" not in kept
+        or len(channel_axes) > 1
+        or (channel_axes and channel_axes[0] not in _CHANNEL_AXES)
     ):
         raise UnsupportedImageError(
             f"{file}: TIFF layout {axes} {tuple(level.shape)}; expected a single 2-D image "
@@ -119,8 +173,11 @@ def _layout(file: Path, level: Any) -> tuple[tuple[int, int, int], str]:
 
 def _to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
     """Array in the series' ``axes`` order -> (H, W, C)."""
-    drop = tuple(i for i, (a, n) in enumerate(zip(axes, array.shape, strict=True))
-                 if a not in "YX" and n == 1)
+    drop = tuple(
+        i
+        for i, (a, n) in enumerate(zip(axes, array.shape, strict=True))
+        if a not in "YX" and n == 1
+    )
     kept = "".join(a for i, a in enumerate(axes) if i not in drop)
     array = array.squeeze(axis=drop)
     if len(kept) == 2:
@@ -266,7 +323,9 @@ def _page_region(page: Any, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         ys, xs = max(y0, sy), max(x0, sx)
         ye, xe = min(y1, sy + segment.shape[0]), min(x1, sx + segment.shape[1])
         if ye > ys and xe > xs:
-            out[s, ys - y0 : ye - y0, xs - x0 : xe - x0] = segment[ys - sy : ye - sy, xs - sx : xe - sx]
+            out[s, ys - y0 : ye - y0, xs - x0 : xe - x0] = segment[
+                ys - sy : ye - sy, xs - sx : xe - sx
+            ]
     if separate > 1:
         return np.transpose(out[..., 0], (1, 2, 0))  # (S, h, w) planar -> (h, w, S)
     return out[0]

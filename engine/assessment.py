@@ -118,14 +118,18 @@ def _engine(config: Config | EngineConfig | None) -> EngineConfig:
 def _profile(model: Model, engine: EngineConfig) -> DeviceProfile:
     profile = model.card.device_profile
     if engine.default_profile is not None and engine.default_profile != profile.kind:
-        logger.warning("engine.default_profile=%s overrides the model card's profile %s",
-                       engine.default_profile, profile.kind)
+        logger.warning(
+            "engine.default_profile=%s overrides the model card's profile %s",
+            engine.default_profile,
+            profile.kind,
+        )
         profile = profile.model_copy(update={"kind": engine.default_profile})
     return profile
 
 
-def prepare(image_path: str | os.PathLike[str], model: Model,
-            config: Config | EngineConfig | None = None) -> PreparedImage:
+def prepare(
+    image_path: str | os.PathLike[str], model: Model, config: Config | EngineConfig | None = None
+) -> PreparedImage:
     """Read, check and tile one image (see the module docstring)."""
     engine = _engine(config)
     card = model.card
@@ -142,7 +146,9 @@ def prepare(image_path: str | os.PathLike[str], model: Model,
         info = source.info
         height, width, channels = info.shape
         check_channels(channels, profile, where=str(image_path))
-        um, um_source = _pixel_size(info.um_per_px, info.um_per_px_source, engine, profile, card.um_per_px)
+        um, um_source = _pixel_size(
+            info.um_per_px, info.um_per_px_source, engine, profile, card.um_per_px
+        )
         factor = max(1, math.ceil(max(height, width) / engine.heatmap_max_side_px))
         overview = source.overview(factor)  # (h, w, C) float32, raw intensities
         high = intensity_high(overview, profile, info.dtype)
@@ -151,8 +157,9 @@ def prepare(image_path: str | os.PathLike[str], model: Model,
         started = time.perf_counter()
         signal = nuclear_signal(scale_intensities(overview, high), profile)
         # a flat image is tissue if its signal is high in absolute terms (dtype range)
-        absolute = nuclear_signal(scale_intensities(overview, _dtype_range(info.dtype, channels)),
-                                  profile)
+        absolute = nuclear_signal(
+            scale_intensities(overview, _dtype_range(info.dtype, channels)), profile
+        )
         mask = tissue_mask(signal, flat_is_tissue=float(absolute.mean()) > 0.1)
         preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
         tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
@@ -177,14 +184,29 @@ def prepare(image_path: str | os.PathLike[str], model: Model,
             region = source.read_region(y0, x0, y1, x1)
             tiles[index] = _tile(region, profile, high, tile_px, size, fill)
         tiles.sub_(mean).div_(std)
-    logger.debug("prepared %d of %d tiles (%d source px, level %d)",
-                 len(kept), len(plan.footprints), tile_px, info.level)
+    logger.debug(
+        "prepared %d of %d tiles (%d source px, level %d)",
+        len(kept),
+        len(plan.footprints),
+        tile_px,
+        info.level,
+    )
     return PreparedImage(
-        path=str(image_path), tiles=tiles,
-        boxes=[plan.clip(f) for f, _ in kept], footprints=[f for f, _ in kept],
-        tissue_fractions=[fr for _, fr in kept], sha256=info.sha256, shape=info.shape,
-        dtype=info.dtype, um_per_px=um, um_per_px_source=um_source, profile=profile.name,
-        tile_px=tile_px, heatmap_scale=factor, preview_rgb=preview, level=info.level,
+        path=str(image_path),
+        tiles=tiles,
+        boxes=[plan.clip(f) for f, _ in kept],
+        footprints=[f for f, _ in kept],
+        tissue_fractions=[fr for _, fr in kept],
+        sha256=info.sha256,
+        shape=info.shape,
+        dtype=info.dtype,
+        um_per_px=um,
+        um_per_px_source=um_source,
+        profile=profile.name,
+        tile_px=tile_px,
+        heatmap_scale=factor,
+        preview_rgb=preview,
+        level=info.level,
         timings={"read": read_seconds, "preprocess": time.perf_counter() - started},
     )
 
@@ -195,8 +217,13 @@ def _dtype_range(dtype: str, channels: int) -> np.ndarray:
     return np.full(channels, full, np.float32)
 
 
-def _pixel_size(file_um: float | None, file_source: str | None, engine: EngineConfig,
-                profile: DeviceProfile, model_um: float) -> tuple[float, str]:
+def _pixel_size(
+    file_um: float | None,
+    file_source: str | None,
+    engine: EngineConfig,
+    profile: DeviceProfile,
+    model_um: float,
+) -> tuple[float, str]:
     """File > config (engine.default_um_per_px) > profile default (else the model's own)."""
     if file_um is not None:
         return file_um, file_source or "tiff-resolution"
@@ -205,16 +232,27 @@ def _pixel_size(file_um: float | None, file_source: str | None, engine: EngineCo
     return profile.default_um_per_px or model_um, "profile-default"
 
 
-def _tile(region: np.ndarray, profile: DeviceProfile, high: np.ndarray, tile_px: int,
-          size: int, fill: torch.Tensor) -> torch.Tensor:
+def _tile(
+    region: np.ndarray,
+    profile: DeviceProfile,
+    high: np.ndarray,
+    tile_px: int,
+    size: int,
+    fill: torch.Tensor,
+) -> torch.Tensor:
     """(h, w, C) raw region -> (3, size, size) RGB in [0, 1], resampled and padded."""
     rgb = torch.from_numpy(to_rgb(region, profile, high=high)).permute(2, 0, 1)  # HWC -> CHW
     height, width = region.shape[:2]
     out_h = min(size, max(1, round(height * size / tile_px)))
     out_w = min(size, max(1, round(width * size / tile_px)))
     if (out_h, out_w) != (height, width):
-        rgb = F.interpolate(rgb[None], size=(out_h, out_w), mode="bilinear",
-                            align_corners=False, antialias=out_h < height)[0]
+        rgb = F.interpolate(
+            rgb[None],
+            size=(out_h, out_w),
+            mode="bilinear",
+            align_corners=False,
+            antialias=out_h < height,
+        )[0]
     if (out_h, out_w) == (size, size):
         return rgb
     canvas = fill[:, None, None].expand(3, size, size).clone()  # pad bottom/right
@@ -222,8 +260,14 @@ def _tile(region: np.ndarray, profile: DeviceProfile, high: np.ndarray, tile_px:
     return canvas
 
 
-def finish(prepared: PreparedImage, inference: Inference | None, model: Model,
-           config: Config | EngineConfig | None = None, *, backend: Any = None) -> Assessment:
+def finish(
+    prepared: PreparedImage,
+    inference: Inference | None,
+    model: Model,
+    config: Config | EngineConfig | None = None,
+    *,
+    backend: Any = None,
+) -> Assessment:
     """Aggregate tile results, decide at the model's threshold, stitch the heatmap."""
     engine = _engine(config)
     count = len(prepared.boxes)
@@ -253,8 +297,12 @@ def finish(prepared: PreparedImage, inference: Inference | None, model: Model,
         raw_probability=raw_probability,
         decision=bool(probability >= card.threshold),
         threshold=card.threshold,
-        tiles=[TileResult(box, float(p), float(r), fr) for box, p, r, fr in
-               zip(prepared.boxes, probabilities, raw, prepared.tissue_fractions, strict=True)],
+        tiles=[
+            TileResult(box, float(p), float(r), fr)
+            for box, p, r, fr in zip(
+                prepared.boxes, probabilities, raw, prepared.tissue_fractions, strict=True
+            )
+        ],
         driving_tile=driving,
         heatmap=heatmap,
         heatmap_scale=float(prepared.heatmap_scale),
@@ -274,8 +322,9 @@ def finish(prepared: PreparedImage, inference: Inference | None, model: Model,
     )
 
 
-def stitch_heatmap(prepared: PreparedImage, cams: torch.Tensor,
-                   probabilities: np.ndarray) -> np.ndarray:
+def stitch_heatmap(
+    prepared: PreparedImage, cams: torch.Tensor, probabilities: np.ndarray
+) -> np.ndarray:
     """Tile CAMs -> one (H / scale, W / scale) map in [0, 1].
 
     Each tile's CAM is divided by its own maximum (pytorch-grad-cam's per-image
@@ -287,17 +336,23 @@ def stitch_heatmap(prepared: PreparedImage, cams: torch.Tensor,
     height, width = prepared.shape[:2]
     out = np.zeros((-(-height // scale), -(-width // scale)), np.float32)
     side = max(1, round(prepared.tile_px / scale))
-    for cam, p, (x0, y0, _, _) in zip(cams.float(), probabilities, prepared.footprints, strict=True):
+    for cam, p, (x0, y0, _, _) in zip(
+        cams.float(), probabilities, prepared.footprints, strict=True
+    ):
         peak = float(cam.max())
         if peak <= 0.0 or p <= 0.0:
             continue
-        up = F.interpolate((cam / peak)[None, None], size=(side, side), mode="bilinear",
-                           align_corners=False)[0, 0].numpy() * float(p)
+        up = F.interpolate(
+            (cam / peak)[None, None], size=(side, side), mode="bilinear", align_corners=False
+        )[0, 0].numpy() * float(p)
         top, left = y0 // scale, x0 // scale
         h, w = min(side, out.shape[0] - top), min(side, out.shape[1] - left)
         if h > 0 and w > 0:
-            np.maximum(out[top : top + h, left : left + w], up[:h, :w],
-                       out=out[top : top + h, left : left + w])
+            np.maximum(
+                out[top : top + h, left : left + w],
+                up[:h, :w],
+                out=out[top : top + h, left : left + w],
+            )
     return np.clip(out, 0.0, 1.0)
 
 
@@ -307,8 +362,12 @@ def infer_tiles(backend: Any, tiles: torch.Tensor, batch_size: int) -> Inference
     return Inference.concat(parts)
 
 
-def assess(image_path: str | os.PathLike[str], model: Model,
-           config: Config | EngineConfig | None = None, backend: Any = None) -> Assessment:
+def assess(
+    image_path: str | os.PathLike[str],
+    model: Model,
+    config: Config | EngineConfig | None = None,
+    backend: Any = None,
+) -> Assessment:
     """``prepare`` + ``backend.infer`` (batches of engine.batch_size) + ``finish``."""
     engine = _engine(config)
     if backend is None:

@@ -142,8 +142,11 @@ _REGISTRY: dict[str, _Registered] = {}
 _plugins_loaded = False
 
 
-def register_backend(name: str, factory: Callable[[Model, EngineConfig], Backend],
-                     unavailable: Callable[[], str | None] = lambda: None) -> None:
+def register_backend(
+    name: str,
+    factory: Callable[[Model, EngineConfig], Backend],
+    unavailable: Callable[[], str | None] = lambda: None,
+) -> None:
     """Make a backend selectable; ``unavailable()`` says why it cannot run here (or None)."""
     _REGISTRY[name] = _Registered(factory, unavailable)
 

@@ -80,9 +80,7 @@ def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.
     return torch.softmax(logits.float() / float(temperature), dim=1)[:, TUMOUR]
 
 
-def class_activation_maps(
-    feature_map: torch.Tensor, class_weight: torch.Tensor
-) -> torch.Tensor:
+def class_activation_maps(feature_map: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
     """Exact Grad-CAM: ``feature_map`` (N, K, h, w), ``class_weight`` (K,) -> (N, h, w) >= 0."""
     weight = class_weight.to(device=feature_map.device, dtype=torch.float32)
     cams = torch.einsum("nkhw,k->nhw", feature_map.float(), weight)

@@ -49,8 +49,14 @@ def artefact_digest(card_bytes: bytes, weights_bytes: bytes) -> str:
 class Model:
     """A network plus its card. Build with :func:`build_model` or :func:`load_model`."""
 
-    def __init__(self, card: ModelCard, network: MarginNet, *, digest: str | None = None,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        network: MarginNet,
+        *,
+        digest: str | None = None,
+        path: Path | None = None,
+    ) -> None:
         self._card = card
         self._network = network.eval()
         self._digest = digest
@@ -104,7 +110,7 @@ class Model:
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> Inference:
-        """Normalised float batch (N, 3, H, W) -> :class:`Inference`, on the module's device, fp32."""
+        """Normalised float batch (N, 3, H, W) -> :class:`Inference` (module's device, fp32)."""
         module = self.torch_module()
         started = time.perf_counter()
         logits, feature_map = module.forward_features(batch.to(self.device, torch.float32))
@@ -129,8 +135,11 @@ class Model:
             if value.is_floating_point():
                 value = value.to(target)
             tensors[name] = value.contiguous().clone()
-        metadata = {"format": "pt", "architecture": card.architecture,
-                    "marginwatch_format": str(card.format_version)}
+        metadata = {
+            "format": "pt",
+            "architecture": card.architecture,
+            "marginwatch_format": str(card.format_version),
+        }
         weights = save_safetensors(tensors, metadata=metadata)
         return card.to_json().encode("utf-8"), weights, card
 
@@ -142,8 +151,9 @@ class Model:
             return artefact_digest(card_bytes, weights)
         return self._digest
 
-    def save(self, path: str | os.PathLike[str], *,
-             dtype: Literal["float32", "float16"] | None = None) -> Path:
+    def save(
+        self, path: str | os.PathLike[str], *, dtype: Literal["float32", "float16"] | None = None
+    ) -> Path:
         """Write the artefact folder; ``dtype="float16"`` halves the file (loads as float32)."""
         folder = Path(path)
         card_bytes, weights, card = self._serialise(dtype or self._card.weights_dtype)
@@ -158,14 +168,18 @@ class Model:
         self._card = card
         self._digest = artefact_digest(card_bytes, weights)
         self.path = folder
-        logger.info("saved model %s (%s, %s) ", self._digest[:12], card.architecture, card.weights_dtype)
+        logger.info(
+            "saved model %s (%s, %s) ", self._digest[:12], card.architecture, card.weights_dtype
+        )
         return folder
 
 
 def build_model(arch: str, **options: Any) -> Model:
     """A fresh, randomly initialised model; ``options`` are :class:`ModelCard` fields."""
     if arch not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+        raise ModelError(
+            f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}"
+        )
     try:
         card = ModelCard.model_validate({**options, "architecture": arch})
     except ValidationError as exc:
@@ -179,8 +193,10 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     if not folder.exists():
         raise ModelError(f"{folder}: model folder not found")
     if not folder.is_dir():
-        raise ModelError(f"{folder}: not a folder; expected a model folder with "
-                         f"{CARD_FILENAME} and {WEIGHTS_FILENAME}")
+        raise ModelError(
+            f"{folder}: not a folder; expected a model folder with "
+            f"{CARD_FILENAME} and {WEIGHTS_FILENAME}"
+        )
     card = read_card(folder)
     card_bytes = (folder / CARD_FILENAME).read_bytes()
     weights_path = folder / WEIGHTS_FILENAME
@@ -204,8 +220,9 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     return model
 
 
-def _check_agreement(where: Path, card: ModelCard, network: MarginNet,
-                     tensors: dict[str, torch.Tensor]) -> None:
+def _check_agreement(
+    where: Path, card: ModelCard, network: MarginNet, tensors: dict[str, torch.Tensor]
+) -> None:
     expected = network.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -221,7 +238,10 @@ def _check_agreement(where: Path, card: ModelCard, network: MarginNet,
                 f"{where}: tensor {name} has shape {tuple(value.shape)}; architecture "
                 f"{card.architecture!r} in {CARD_FILENAME} expects {tuple(expected[name].shape)}"
             )
-        if value.is_floating_point() and str(value.dtype).removeprefix("torch.") != card.weights_dtype:
+        if (
+            value.is_floating_point()
+            and str(value.dtype).removeprefix("torch.") != card.weights_dtype
+        ):
             raise ModelCardError(
                 f"{where}: tensor {name} is {str(value.dtype).removeprefix('torch.')}; "
                 f"{CARD_FILENAME} says weights_dtype={card.weights_dtype!r}"

@@ -73,7 +73,9 @@ def run_predict(
     err = err or sys.stderr
     overrides = {"engine": {"backend": backend_name}} if backend_name else None
     config = load_config(config_path, overrides=overrides)
-    folder = Path(model_dir) if model_dir is not None else default_model_dir(config.daemon.model_dir)
+    folder = (
+        Path(model_dir) if model_dir is not None else default_model_dir(config.daemon.model_dir)
+    )
     model = load_model(folder)
     backend = select_backend(model, config.engine)
     notice = err if as_json else out
@@ -95,16 +97,24 @@ def run_predict(
             try:
                 cam_file.write_bytes(heatmap_overlay_png(result.heatmap, result.preview_rgb))
             except OSError as exc:
-                print(f"marginwatch: error: {cam_file}: cannot write the Grad-CAM overlay: "
-                      f"{exc.strerror or exc}", file=err)
+                print(
+                    f"marginwatch: error: {cam_file}: cannot write the Grad-CAM overlay: "
+                    f"{exc.strerror or exc}",
+                    file=err,
+                )
                 code = EXIT_NOT_ASSESSED
                 cam_file = None
         _assessed(out, image, result, as_json, cam_file)
     return code
 
 
-def _assessed(out: TextIO, image: str | os.PathLike[str], a, as_json: bool,  # noqa: ANN001
-              cam_file: Path | None) -> None:
+def _assessed(
+    out: TextIO,
+    image: str | os.PathLike[str],
+    a,
+    as_json: bool,  # noqa: ANN001
+    cam_file: Path | None,
+) -> None:
     if as_json:
         record = {
             "path": str(image),
@@ -142,14 +152,21 @@ def _assessed(out: TextIO, image: str | os.PathLike[str], a, as_json: bool,  # n
     print(line, file=out, flush=True)
 
 
-def _not_assessed(out: TextIO, image: str | os.PathLike[str], exc: Exception, as_json: bool) -> None:
+def _not_assessed(
+    out: TextIO, image: str | os.PathLike[str], exc: Exception, as_json: bool
+) -> None:
     reason = str(exc)
     prefix = f"{image}: "
     if reason.startswith(prefix):
-        reason = reason[len(prefix):]
+        reason = reason[len(prefix) :]
     if as_json:
-        record = {"path": str(image), "assessed": False, "error": type(exc).__name__,
-                  "reason": reason, "research_use_only": True}
+        record = {
+            "path": str(image),
+            "assessed": False,
+            "error": type(exc).__name__,
+            "reason": reason,
+            "research_use_only": True,
+        }
         print(json.dumps(record), file=out, flush=True)
     else:
         print(f"{image}: NOT ASSESSED: {reason}", file=out, flush=True)

@@ -39,7 +39,7 @@ def _dtype_max(dtype: np.dtype) -> float:
 
 
 def intensity_high(array: np.ndarray, profile: DeviceProfile, dtype: np.dtype | str) -> np.ndarray:
-    """Per-channel value that maps to 1.0, shape (C,). ``array`` (H, W, C) is typically the overview."""
+    """Per-channel value that maps to 1.0, shape (C,); ``array`` (H, W, C), e.g. the overview."""
     dtype = np.dtype(dtype)
     full = _dtype_max(dtype)
     channels = array.shape[2]
@@ -56,16 +56,20 @@ def scale_intensities(array: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.clip(scaled / np.asarray(high, np.float32), 0.0, 1.0)
 
 
-def grey_to_rgb(fluorescence: np.ndarray,
-                haematoxylin_rgb: tuple[float, float, float] = GAREAU_HAEMATOXYLIN_RGB) -> np.ndarray:
+def grey_to_rgb(
+    fluorescence: np.ndarray, haematoxylin_rgb: tuple[float, float, float] = GAREAU_HAEMATOXYLIN_RGB
+) -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3): white background, signal towards purple."""
     h = np.asarray(haematoxylin_rgb, np.float32)
     return np.clip(1.0 - fluorescence[..., None] * (1.0 - h), 0.0, 1.0).astype(np.float32)
 
 
-def gareau_linear(fluorescence: np.ndarray, reflectance: np.ndarray,
-                  haematoxylin_rgb: tuple[float, float, float] = GAREAU_HAEMATOXYLIN_RGB,
-                  eosin_rgb: tuple[float, float, float] = GAREAU_EOSIN_RGB) -> np.ndarray:
+def gareau_linear(
+    fluorescence: np.ndarray,
+    reflectance: np.ndarray,
+    haematoxylin_rgb: tuple[float, float, float] = GAREAU_HAEMATOXYLIN_RGB,
+    eosin_rgb: tuple[float, float, float] = GAREAU_EOSIN_RGB,
+) -> np.ndarray:
     """Gareau's digital H&E: ``RGB = 1 - F (1 - H) - R (1 - E)``; (H, W) each -> (H, W, 3)."""
     h = np.asarray(haematoxylin_rgb, np.float32)
     e = np.asarray(eosin_rgb, np.float32)
@@ -73,11 +77,14 @@ def gareau_linear(fluorescence: np.ndarray, reflectance: np.ndarray,
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
 
-def beer_lambert(fluorescence: np.ndarray, reflectance: np.ndarray,
-                 haematoxylin_rgb: tuple[float, float, float] = GAREAU_HAEMATOXYLIN_RGB,
-                 eosin_rgb: tuple[float, float, float] = GAREAU_EOSIN_RGB,
-                 strength: float = 2.5) -> np.ndarray:
-    """Exponential variant: ``RGB = exp(-k (F (1 - H) + R (1 - E)))`` (stains absorb, not subtract)."""
+def beer_lambert(
+    fluorescence: np.ndarray,
+    reflectance: np.ndarray,
+    haematoxylin_rgb: tuple[float, float, float] = GAREAU_HAEMATOXYLIN_RGB,
+    eosin_rgb: tuple[float, float, float] = GAREAU_EOSIN_RGB,
+    strength: float = 2.5,
+) -> np.ndarray:
+    """Exponential variant: ``RGB = exp(-k (F (1 - H) + R (1 - E)))`` (stains absorb)."""
     h = np.asarray(haematoxylin_rgb, np.float32)
     e = np.asarray(eosin_rgb, np.float32)
     density = fluorescence[..., None] * (1.0 - h) + reflectance[..., None] * (1.0 - e)
@@ -92,15 +99,20 @@ def check_channels(channels: int, profile: DeviceProfile, where: str = "image") 
         "rgb": channels in (3, 4),
     }[profile.kind]
     if not ok:
-        expected = {"grey": "1 (grey fluorescence)", "reflectance+fluorescence":
-                    "2 (reflectance + fluorescence)", "rgb": "3 or 4 (RGB, RGBA)"}[profile.kind]
+        expected = {
+            "grey": "1 (grey fluorescence)",
+            "reflectance+fluorescence": "2 (reflectance + fluorescence)",
+            "rgb": "3 or 4 (RGB, RGBA)",
+        }[profile.kind]
         raise UnsupportedImageError(
             f"{where}: {channels} channel(s); the model's device profile {profile.name!r} "
             f"expects {expected}"
         )
 
 
-def to_rgb(array: np.ndarray, profile: DeviceProfile, *, high: np.ndarray | None = None) -> np.ndarray:
+def to_rgb(
+    array: np.ndarray, profile: DeviceProfile, *, high: np.ndarray | None = None
+) -> np.ndarray:
     """(H, W, C) raw or scaled -> (H, W, 3) float32 in [0, 1] by ``profile``.
 
     ``high`` is the per-channel scaling from :func:`intensity_high`; when omitted it is
@@ -119,8 +131,13 @@ def to_rgb(array: np.ndarray, profile: DeviceProfile, *, high: np.ndarray | None
     fluorescence = scaled[..., profile.fluorescence_channel]
     reflectance = scaled[..., profile.reflectance_channel]
     if profile.staining == "beer-lambert":
-        return beer_lambert(fluorescence, reflectance, profile.haematoxylin_rgb,
-                            profile.eosin_rgb, profile.beer_lambert_strength)
+        return beer_lambert(
+            fluorescence,
+            reflectance,
+            profile.haematoxylin_rgb,
+            profile.eosin_rgb,
+            profile.beer_lambert_strength,
+        )
     return gareau_linear(fluorescence, reflectance, profile.haematoxylin_rgb, profile.eosin_rgb)
 
 

@@ -104,7 +104,9 @@ class ImageSource(abc.ABC):
         rows = factor * max(1, (8 * 1024 * 1024) // max(1, width * channels * factor))
         for y0 in range(0, height, rows):
             band = self.read_region(y0, 0, min(height, y0 + rows), width).astype(np.float32)
-            out[y0 // factor : y0 // factor + -(-band.shape[0] // factor)] = _block_mean(band, factor)
+            out[y0 // factor : y0 // factor + -(-band.shape[0] // factor)] = _block_mean(
+                band, factor
+            )
         return out
 
     def close(self) -> None:  # noqa: B027 - optional hook

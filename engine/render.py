@@ -19,8 +19,14 @@ __all__ = ["colourise", "decode_heatmap_png", "encode_heatmap_png", "heatmap_ove
 # "jet"-like control points (value -> RGB), the colours Grad-CAM papers use.
 _STOPS = np.array([0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
 _COLOURS = np.array(
-    [[0.0, 0.0, 0.5], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0],
-     [0.5, 0.0, 0.0]]
+    [
+        [0.0, 0.0, 0.5],
+        [0.0, 0.0, 1.0],
+        [0.0, 1.0, 1.0],
+        [1.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.5, 0.0, 0.0],
+    ]
 )
 _MAX_U16 = 65535.0
 
@@ -45,8 +51,9 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def heatmap_overlay_png(heatmap: np.ndarray, background_rgb: np.ndarray | None = None,
-                        *, alpha: float = 0.5) -> bytes:
+def heatmap_overlay_png(
+    heatmap: np.ndarray, background_rgb: np.ndarray | None = None, *, alpha: float = 0.5
+) -> bytes:
     """Colour-mapped heatmap, alpha-blended (by heat) over ``background_rgb`` when given.
 
     The background is resized to the heatmap's (H, W) when the shapes differ.
@@ -89,5 +96,7 @@ def decode_heatmap_png(data: bytes) -> np.ndarray:
                 )
             array = np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableImageError(f"heatmap: not a readable PNG ({len(data)} bytes): {exc}") from exc
+        raise UnreadableImageError(
+            f"heatmap: not a readable PNG ({len(data)} bytes): {exc}"
+        ) from exc
     return (array.astype(np.float32) / _MAX_U16).clip(0.0, 1.0)

@@ -54,6 +54,8 @@ def tissue_mask(signal: np.ndarray, *, flat_is_tissue: bool = False) -> np.ndarr
 def tissue_fraction(mask: np.ndarray, box: Box, factor: int) -> float:
     """Fraction of tissue in a source-pixel ``box`` of a mask reduced by ``factor``."""
     x0, y0, x1, y1 = box
-    region = mask[y0 // factor : max(y0 // factor + 1, -(-y1 // factor)),
-                  x0 // factor : max(x0 // factor + 1, -(-x1 // factor))]
+    region = mask[
+        y0 // factor : max(y0 // factor + 1, -(-y1 // factor)),
+        x0 // factor : max(x0 // factor + 1, -(-x1 // factor)),
+    ]
     return float(region.mean()) if region.size else 0.0

@@ -72,7 +72,6 @@ TINY_UM_PER_PX = 1.0
 def make_tiny_model(folder, arch: str = "resnet18", *, seed: int = 0, **card):  # noqa: ANN001, ANN201
     """Build a random ``arch`` model (input 64 px, 1.0 um/px unless ``card`` says) and save it."""
     import torch
-
     from marginwatch.engine import build_model
 
     options = {"input_size_px": TINY_INPUT_PX, "um_per_px": TINY_UM_PER_PX, **card}
@@ -95,7 +94,8 @@ def write_fcm_tiff(path, *, shape=(192, 256), channels: int = 1, dtype="uint16",
     rng = np.random.default_rng(seed)
     height, width = shape
     yy, xx = np.mgrid[0:height, 0:width]
-    inside = ((yy - height / 2) / (height * 0.38)) ** 2 + ((xx - width / 2) / (width * 0.38)) ** 2 < 1
+    ry, rx = height * 0.38, width * 0.38
+    inside = ((yy - height / 2) / ry) ** 2 + ((xx - width / 2) / rx) ** 2 < 1
     signal = rng.normal(0.03, 0.01, shape)
     if tissue:
         signal += inside * (0.35 + 0.1 * rng.random(shape))

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_fcm_tiff
-
 from marginwatch.engine import assess, finish, load_model, prepare, select_backend
 from marginwatch.engine.aggregation import aggregate
 from marginwatch.engine.card import DeviceProfile
@@ -36,13 +35,18 @@ def test_profiles_formulas():
     f = np.array([[0.0, 1.0]], np.float32)
     r = np.array([[0.0, 0.0]], np.float32)
     np.testing.assert_allclose(gareau_linear(f, r)[0, 1], [0.30, 0.20, 1.0], atol=1e-6)
-    np.testing.assert_allclose(gareau_linear(r, np.ones_like(r))[0, 0], [1.0, 0.55, 0.88], atol=1e-6)
+    np.testing.assert_allclose(
+        gareau_linear(r, np.ones_like(r))[0, 0], [1.0, 0.55, 0.88], atol=1e-6
+    )
     np.testing.assert_allclose(gareau_linear(f, r)[0, 0], [1, 1, 1])
     np.testing.assert_allclose(grey_to_rgb(f[0])[1], [0.30, 0.20, 1.0], atol=1e-6)
-    np.testing.assert_allclose(beer_lambert(f, r, strength=1.0)[0, 1], np.exp([-0.7, -0.8, 0.0]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        beer_lambert(f, r, strength=1.0)[0, 1], np.exp([-0.7, -0.8, 0.0]), rtol=1e-6
+    )
     two = np.stack([np.zeros((4, 4)), np.full((4, 4), 65535)], -1).astype(np.uint16)
-    rgb = to_rgb(two, DeviceProfile(kind="reflectance+fluorescence", intensity_scaling="dtype-range"))
+    rgb = to_rgb(
+        two, DeviceProfile(kind="reflectance+fluorescence", intensity_scaling="dtype-range")
+    )
     np.testing.assert_allclose(rgb[0, 0], [0.30, 0.20, 1.0], atol=1e-5)
     with pytest.raises(UnsupportedImageError, match="expects 1"):
         to_rgb(two, DeviceProfile(kind="grey"))
@@ -59,8 +63,15 @@ def test_tissue_mask_and_empty_slide():
     assert not tissue_mask(noise).any()  # one noisy mode (stretched glass) is not tissue
 
 
-@pytest.mark.parametrize("method,value", [("max", 0.9), ("mean", 0.375), ("top3-mean", 1.4 / 3),
-                                          ("noisy-or", 1 - 0.9 * 0.7 * 0.8 * 0.1)])
+@pytest.mark.parametrize(
+    "method,value",
+    [
+        ("max", 0.9),
+        ("mean", 0.375),
+        ("top3-mean", 1.4 / 3),
+        ("noisy-or", 1 - 0.9 * 0.7 * 0.8 * 0.1),
+    ],
+)
 def test_aggregation(method, value):
     probability, driving = aggregate(np.array([0.1, 0.3, 0.2, 0.9]), method)
     assert probability == pytest.approx(value) and driving == 3
@@ -70,8 +81,9 @@ def test_render_round_trip_and_overlay():
     heat = np.random.default_rng(0).random((30, 40)).astype(np.float32)
     back = decode_heatmap_png(encode_heatmap_png(heat))
     assert back.shape == (30, 40) and np.abs(back - heat).max() <= 1 / 65535
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     png = heatmap_overlay_png(heat, np.zeros((60, 80, 3), np.uint8))
     assert Image.open(io.BytesIO(png)).size == (40, 30)
@@ -80,8 +92,9 @@ def test_render_round_trip_and_overlay():
 
 def test_prepare_finish_assess(tmp_path, tiny_model_dir):
     model = load_model(tiny_model_dir)
-    path = write_fcm_tiff(tmp_path / "a.tif", shape=(200, 260), um_per_px=0.5, tile=(64, 64),
-                          compression="zlib")
+    path = write_fcm_tiff(
+        tmp_path / "a.tif", shape=(200, 260), um_per_px=0.5, tile=(64, 64), compression="zlib"
+    )
     config = EngineConfig(heatmap_max_side_px=64)
     prepared = prepare(path, model, config)
     assert prepared.um_per_px_source == "tiff-resolution" and prepared.tile_px == 128
@@ -90,8 +103,11 @@ def test_prepare_finish_assess(tmp_path, tiny_model_dir):
     assert all(0 <= x0 < x1 <= 260 and 0 <= y0 < y1 <= 200 for x0, y0, x1, y1 in prepared.boxes)
     assert prepared.heatmap_scale == 5 and prepared.preview_rgb.shape == (40, 52, 3)
     # region-by-region reading gives the same tiles
-    region = prepare(path, model, EngineConfig(heatmap_max_side_px=64, region_read_min_pixels=1000,
-                                               max_pixels=10**6))
+    region = prepare(
+        path,
+        model,
+        EngineConfig(heatmap_max_side_px=64, region_read_min_pixels=1000, max_pixels=10**6),
+    )
     torch.testing.assert_close(region.tiles, prepared.tiles)
     backend = select_backend(model, config)
     inference = backend.infer(prepared.tiles)
@@ -103,7 +119,10 @@ def test_prepare_finish_assess(tmp_path, tiny_model_dir):
     assert 0 <= result.heatmap.min() and result.heatmap.max() <= 1
     assert set(result.timings) == {"read", "preprocess", "infer", "cam", "aggregate"}
     assert (result.backend, result.sha256, result.model_digest) == (
-        "torch-cpu", prepared.sha256, model.digest)
+        "torch-cpu",
+        prepared.sha256,
+        model.digest,
+    )
     again = assess(path, model, config)
     assert again.probability == pytest.approx(result.probability, abs=1e-6)
 

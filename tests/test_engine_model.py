@@ -7,19 +7,18 @@ import json
 import subprocess
 import sys
 
+import marginwatch.engine as engine
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import scale_cam_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from safetensors.torch import load_file, save_file
-
-import marginwatch.engine as engine
 from marginwatch.engine import ARCHITECTURES, build_model, load_model, select_backend
 from marginwatch.engine.backends import Backend, available_backends, register_backend
 from marginwatch.engine.config import EngineConfig
 from marginwatch.engine.errors import BackendError, ModelCardError, ModelError
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from safetensors.torch import load_file, save_file
 
 CAM_INPUT_PX = 64  # 2x2 feature maps: enough to check the channel weighting, cheap on 2 cores
 
@@ -28,14 +27,27 @@ def test_public_names():
     assert engine.__all__ == sorted(engine._EXPORTS)
     for name in engine.__all__:
         assert getattr(engine, name) is not None
-    assert {"build_model", "load_model", "assess", "prepare", "finish", "select_backend",
-            "Model", "Inference", "Assessment", "PreparedImage", "ModelCard"} <= set(engine.__all__)
+    assert {
+        "build_model",
+        "load_model",
+        "assess",
+        "prepare",
+        "finish",
+        "select_backend",
+        "Model",
+        "Inference",
+        "Assessment",
+        "PreparedImage",
+        "ModelCard",
+    } <= set(engine.__all__)
 
 
 def test_light_modules_do_not_import_torch():
-    code = ("import sys; import marginwatch.engine, marginwatch.engine.errors, "
-            "marginwatch.engine.config, marginwatch.engine.render, marginwatch.engine.card; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import marginwatch.engine, marginwatch.engine.errors, "
+        "marginwatch.engine.config, marginwatch.engine.render, marginwatch.engine.card; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -98,12 +110,20 @@ def test_calibrated_probabilities_use_the_card_temperature():
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_artefact_round_trip(tmp_path, dtype):
-    model = build_model("mobilenet_v3_small", input_size_px=64, um_per_px=0.7, synthetic_demo=True,
-                        metrics={"auc": 0.5}, training_data_sha256="ab" * 32)
+    model = build_model(
+        "mobilenet_v3_small",
+        input_size_px=64,
+        um_per_px=0.7,
+        synthetic_demo=True,
+        metrics={"auc": 0.5},
+        training_data_sha256="ab" * 32,
+    )
     folder = model.save(tmp_path / "m", dtype=dtype)
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
-    manifest = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
-                       for n in ("model.json", "weights.safetensors"))
+    manifest = "".join(
+        f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+        for n in ("model.json", "weights.safetensors")
+    )
     assert model.digest == hashlib.sha256(manifest.encode()).hexdigest()
     loaded = load_model(folder)
     assert loaded.digest == model.digest

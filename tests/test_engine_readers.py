@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import write_fcm_tiff
-from PIL import Image
-
 from marginwatch.engine.errors import (
     ImageTooLargeError,
     UnreadableImageError,
     UnsupportedImageError,
 )
 from marginwatch.engine.reader import open_image
+from PIL import Image
 
 LIMITS = dict(max_pixels=30_000 * 30_000, max_channels=4, region_read_min_pixels=4096 * 4096)
 
@@ -58,7 +57,9 @@ def test_tiff_variants_decode_to_hwc_and_regions_match(tmp_path, name):
     # the same file read region by region (threshold below its size) gives the same pixels
     with open_image(path, **{**LIMITS, "region_read_min_pixels": 100}) as source:
         assert source.info.region_reads
-        np.testing.assert_array_equal(source.read_region(10, 20, 140, 165), expected[10:140, 20:165])
+        np.testing.assert_array_equal(
+            source.read_region(10, 20, 140, 165), expected[10:140, 20:165]
+        )
         np.testing.assert_array_equal(source.read_all(), expected)
 
 
@@ -71,11 +72,19 @@ def test_jpeg_compressed_tiff(tmp_path):
         np.testing.assert_array_equal(source.read_all(), whole)
 
 
-@pytest.mark.parametrize("fmt,mode,dtype,channels", [
-    ("PNG", "L", "uint8", 1), ("PNG", "I;16", "uint16", 1), ("PNG", "RGB", "uint8", 3),
-    ("PNG", "RGBA", "uint8", 4), ("JPEG", "L", "uint8", 1), ("JPEG", "RGB", "uint8", 3),
-    ("BMP", "RGB", "uint8", 3), ("PNG", "P", "uint8", 3),
-])
+@pytest.mark.parametrize(
+    "fmt,mode,dtype,channels",
+    [
+        ("PNG", "L", "uint8", 1),
+        ("PNG", "I;16", "uint16", 1),
+        ("PNG", "RGB", "uint8", 3),
+        ("PNG", "RGBA", "uint8", 4),
+        ("JPEG", "L", "uint8", 1),
+        ("JPEG", "RGB", "uint8", 3),
+        ("BMP", "RGB", "uint8", 3),
+        ("PNG", "P", "uint8", 3),
+    ],
+)
 def test_pillow_formats(tmp_path, fmt, mode, dtype, channels):
     rng = np.random.default_rng(1)
     if mode == "I;16":
@@ -100,8 +109,12 @@ def test_pixel_size_from_resolution_tags_cm_and_inch(tmp_path):
     assert _read(path)[0].um_per_px == pytest.approx(0.5)
     assert _read(path)[0].um_per_px_source == "tiff-resolution"
     inch = tmp_path / "inch.tif"
-    tifffile.imwrite(inch, np.zeros((32, 32), np.uint8), resolution=(25_400 / 2.0, 25_400 / 2.0),
-                     resolutionunit="INCH")
+    tifffile.imwrite(
+        inch,
+        np.zeros((32, 32), np.uint8),
+        resolution=(25_400 / 2.0, 25_400 / 2.0),
+        resolutionunit="INCH",
+    )
     assert _read(inch)[0].um_per_px == pytest.approx(2.0)
 
 
@@ -117,8 +130,13 @@ def test_screen_dpi_and_unitless_resolution_are_ignored(tmp_path):
 
 def test_imagej_micron_unit(tmp_path):
     path = tmp_path / "imagej.tif"
-    tifffile.imwrite(path, np.zeros((32, 32), np.uint8), imagej=True, resolution=(4.0, 4.0),
-                     metadata={"unit": "um"})
+    tifffile.imwrite(
+        path,
+        np.zeros((32, 32), np.uint8),
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"unit": "um"},
+    )
     info = _read(path)[0]
     assert (info.um_per_px, info.um_per_px_source) == (pytest.approx(0.25), "tiff-resolution")
 
@@ -126,30 +144,44 @@ def test_imagej_micron_unit(tmp_path):
 def test_ome_physical_size_and_channels(tmp_path):
     path = tmp_path / "two.ome.tif"
     data = np.arange(2 * 40 * 30, dtype=np.uint16).reshape(2, 40, 30)
-    tifffile.imwrite(path, data, ome=True,
-                     metadata={"axes": "CYX", "PhysicalSizeX": 0.8, "PhysicalSizeXUnit": "µm"})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={"axes": "CYX", "PhysicalSizeX": 0.8, "PhysicalSizeXUnit": "µm"},
+    )
     info, array = _read(path)
     assert info.format == "OME-TIFF"
     assert (info.um_per_px, info.um_per_px_source) == (pytest.approx(0.8), "ome")
     assert info.shape == (40, 30, 2)
     np.testing.assert_array_equal(array, np.moveaxis(data, 0, -1))
     with open_image(path, **{**LIMITS, "region_read_min_pixels": 100}) as source:
-        np.testing.assert_array_equal(source.read_region(5, 5, 25, 20), np.moveaxis(data, 0, -1)[5:25, 5:20])
+        np.testing.assert_array_equal(
+            source.read_region(5, 5, 25, 20), np.moveaxis(data, 0, -1)[5:25, 5:20]
+        )
 
 
 def _pyramid(path, base, um, ome=False):  # noqa: ANN001, ANN202
     levels = [base, base[::2, ::2], base[::4, ::4]]
     metadata = {"axes": "YX", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm"} if ome else None
     with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as tif:
-        tif.write(levels[0], tile=(64, 64), subifds=2, metadata=metadata,
-                  resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER")
+        tif.write(
+            levels[0],
+            tile=(64, 64),
+            subifds=2,
+            metadata=metadata,
+            resolution=(1e4 / um, 1e4 / um),
+            resolutionunit="CENTIMETER",
+        )
         for level in levels[1:]:
             tif.write(level, tile=(64, 64), subfiletype=1)
     return levels
 
 
 @pytest.mark.parametrize("ome", [False, True])
-@pytest.mark.parametrize("target,level", [(0.5, 0), (1.0, 1), (1.9, 1), (2.0, 2), (8.0, 2), (0.1, 0)])
+@pytest.mark.parametrize(
+    "target,level", [(0.5, 0), (1.0, 1), (1.9, 1), (2.0, 2), (8.0, 2), (0.1, 0)]
+)
 def test_pyramid_level_closest_to_model_pixel_size(tmp_path, ome, target, level):
     base = np.random.default_rng(2).integers(0, 255, (256, 320), dtype=np.uint8)
     levels = _pyramid(tmp_path / "pyr.tif", base, 0.5, ome=ome)
@@ -164,15 +196,26 @@ def test_pyramid_level_closest_to_model_pixel_size(tmp_path, ome, target, level)
 def _header_only_tiff(path, width, height, *, bits=8, samples=1):  # noqa: ANN001, ANN202
     """A classic TIFF whose tags declare ``width x height`` with one tiny strip of data."""
     entries = [
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, bits), (259, 3, 1, 1),
-        (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, samples), (278, 4, 1, height),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, bits),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
         (279, 4, 1, 16),
     ]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHII", tag, kind, count, value) if kind == 4 else
-        struct.pack("<HHIHH", tag, kind, count, value, 0)
-        for tag, kind, count, value in entries
-    ) + struct.pack("<I", 0)
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHII", tag, kind, count, value)
+            if kind == 4
+            else struct.pack("<HHIHH", tag, kind, count, value, 0)
+            for tag, kind, count, value in entries
+        )
+        + struct.pack("<I", 0)
+    )
     path.write_bytes(b"II*\x00" + struct.pack("<I", 24) + b"\x00" * 16 + ifd)
     return path
 
@@ -253,8 +296,9 @@ def test_unsupported_dtype_channels_and_stacks(tmp_path):
     with pytest.raises(UnsupportedImageError, match="pixel type int32; expected one of uint8"):
         open_image(path, **LIMITS)
     five = tmp_path / "five.tif"
-    tifffile.imwrite(five, np.zeros((16, 16, 5), np.uint8), photometric="minisblack",
-                     planarconfig="contig")
+    tifffile.imwrite(
+        five, np.zeros((16, 16, 5), np.uint8), photometric="minisblack", planarconfig="contig"
+    )
     with pytest.raises(UnsupportedImageError, match="5 channels; expected 1 to 4"):
         open_image(five, **LIMITS)
     stack = tmp_path / "stack.tif"

@@ -17,8 +17,13 @@ CLI = Path(sys.executable).parent / "marginwatch"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CLI), "predict", *args], capture_output=True, text=True,
-                          timeout=300, env={"PATH": "/usr/bin:/bin", "MARGINWATCH_CONFIG": ""})
+    return subprocess.run(
+        [str(CLI), "predict", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "MARGINWATCH_CONFIG": ""},
+    )
 
 
 def _header_only(path: Path) -> Path:
@@ -78,12 +83,24 @@ def test_predict_json_and_synthetic_demo(tmp_path):
     assert result.returncode == 2
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert first["assessed"] is True and first["synthetic_demo"] is True
-    assert {"path", "probability", "decision", "threshold", "tiles", "model_digest", "backend",
-            "seconds"} <= set(first)
+    assert {
+        "path",
+        "probability",
+        "decision",
+        "threshold",
+        "tiles",
+        "model_digest",
+        "backend",
+        "seconds",
+    } <= set(first)
     assert len(first["model_digest"]) == 64 and first["um_per_px_source"] == "tiff-resolution"
-    assert second == {"path": str(empty), "assessed": False, "error": "UnreadableImageError",
-                      "reason": "is empty (0 bytes); expected an image file",
-                      "research_use_only": True}
+    assert second == {
+        "path": str(empty),
+        "assessed": False,
+        "error": "UnreadableImageError",
+        "reason": "is empty (0 bytes); expected an image file",
+        "research_use_only": True,
+    }
     assert "research use only" in result.stderr and "SYNTHETIC DEMO" in result.stderr
 
 
