@@ -322,6 +322,59 @@ def demo_command(
 # --- tools commands (synth, train, evaluate, export, bench) ----------------------
 
 
+@app.command("bench")
+def bench_command(
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Reduced run of all five sections (~1 min on 2 idle CPU cores).")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Write the report as JSON here.", show_default=False)] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Model folder (default: models/demo, else a random model of its "
+        "architecture).", show_default=False)] = None,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", help="fp16 | fp32 (default: fp16 on cuda).", show_default=False)] = None,
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="Forward section memory format "
+        "(default: on for cuda).", show_default=False)] = None,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="Forward section: torch.compile.")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(
+        "--cuda-graphs", help="Forward section: CUDA graphs.")] = False,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Forward section: measure every variant.")] = False,
+    sections: Annotated[str | None, typer.Option(
+        "--sections", help="Comma list of forward,assess,daemon,gradcam,mosaic.",
+        show_default=False)] = None,
+    files: Annotated[int | None, typer.Option(
+        "--files", min=1, help="Daemon latency series length.", show_default=False)] = None,
+    burst: Annotated[int | None, typer.Option(
+        "--burst", min=1, help="Daemon burst length (default: as --files).",
+        show_default=False)] = None,
+    mosaic_px: Annotated[int | None, typer.Option(
+        "--mosaic-px", min=512, help="Mosaic side in pixels.", show_default=False)] = None,
+    mosaic_timeout: Annotated[float | None, typer.Option(
+        "--mosaic-timeout", min=1, help="Stop the mosaic after this many seconds; report "
+        "its rate so far.", show_default=False)] = None,
+    settle: Annotated[float, typer.Option(
+        "--settle-seconds", min=0, help="Daemon settle_seconds.")] = 0.0,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="torch intra-op threads, here and in the daemon/mosaic "
+        "subprocesses (default: torch's).", show_default=False)] = None,
+) -> None:
+    """Measure latency, throughput, Grad-CAM cost and mosaic memory on synthetic images."""
+    from marginwatch.tools.bench import SECTIONS, BenchOptions, run_bench
+
+    options = BenchOptions(
+        device=device, quick=quick, json_out=json_out, model_dir=model, precision=precision,
+        channels_last=channels_last, compile=compile_, cuda_graphs=cuda_graphs, sweep=sweep,
+        sections=tuple(s.strip() for s in sections.split(",")) if sections else SECTIONS,
+        daemon_files=files, burst_files=burst, mosaic_px=mosaic_px,
+        mosaic_timeout_seconds=mosaic_timeout, settle_seconds=settle, threads=threads,
+    )
+    guarded(run_bench, options)
+
+
 @app.command("export")
 def export_command(
     model: Annotated[Path, typer.Argument(help="Model folder (model.json + weights.safetensors).",
