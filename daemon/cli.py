@@ -464,8 +464,7 @@ def train(
 ) -> None:
     """Train a margin model (focal loss, label smoothing, weighted sampling; research use)."""
     from marginwatch.engine.config import load_config
-    from marginwatch.tools.train import TrainOptions
-    from marginwatch.tools.train import train as run_train
+    from marginwatch.tools._options import TrainOptions, preflight
 
     def _run() -> None:
         options = TrainOptions(
@@ -476,7 +475,11 @@ def train(
             pretrained=str(pretrained) if pretrained else None, max_train_images=max_train_images,
             max_minutes=max_minutes, augment=augment, synthetic_demo=synthetic_demo,
         )
-        run_train(manifest, out, options, resume=resume, config=load_config(config))
+        cfg = load_config(config)
+        preflight(manifest, options)  # bad input fails here, before torch is imported
+        from marginwatch.tools.train import train as run_train
+
+        run_train(manifest, out, options, resume=resume, config=cfg)
 
     guarded(_run)
 

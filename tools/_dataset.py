@@ -29,7 +29,7 @@ import torch
 from marginwatch.engine.aggregation import aggregate
 from marginwatch.engine.assessment import prepare
 from marginwatch.engine.config import EngineConfig
-from marginwatch.engine.errors import InputError, ManifestError
+from marginwatch.engine.errors import InputError, ManifestError, NoTissueError
 from marginwatch.engine.model import Model
 
 from ._manifest import Manifest
@@ -61,33 +61,50 @@ def build_cache(
     model: Model,
     engine: EngineConfig,
     progress: Callable[[int], None] | None = None,
-) -> TileCache:
-    """``prepare`` every image of ``manifest``; one ManifestError lists all that fail."""
+) -> tuple[TileCache, list[str]]:
+    """``prepare`` every image of ``manifest``; returns the cache and the skipped images.
+
+    An image in which the engine finds no tissue (``NoTissueError``: at inference it
+    would be "not assessed") has no tile to learn from: it is skipped and returned by
+    name. Any other failure (unreadable, unsupported, too large) is a ManifestError
+    listing every such image, raised before training starts.
+    """
     mean = torch.tensor(model.card.normalisation.mean)[:, None, None]
     std = torch.tensor(model.card.normalisation.std)[:, None, None]
     parts: list[torch.Tensor] = []
     counts: list[int] = []
+    labels: list[int] = []
     failed: list[str] = []
+    skipped: list[str] = []
     for index, row in enumerate(manifest.rows):
         try:
             prepared = prepare(row.path, model, engine)
+        except NoTissueError:
+            skipped.append(row.image)
         except InputError as exc:
             failed.append(str(exc))
-            counts.append(0)
         else:
             # undo the card's normalisation: (T, 3, S, S) back to RGB in [0, 1]
             rgb = prepared.tiles.mul(std).add_(mean).clamp_(0.0, 1.0)
             parts.append(rgb.mul_(255.0).round_().to(torch.uint8))
             counts.append(len(rgb))
+            labels.append(row.label)
         if progress is not None:
             progress(index + 1)
     if failed:
         shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
         raise ManifestError(f"{manifest.source}: {len(failed)} image(s) cannot be used: {shown}")
+    if not parts or len(set(labels)) < 2:
+        raise ManifestError(
+            f"{manifest.source}: after skipping {len(skipped)} image(s) without tissue, "
+            f"{len(labels)} remain and they do not hold both tumour and benign images"
+        )
+    if skipped:
+        logger.warning("%d image(s) without tissue skipped", len(skipped))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     image_of = np.repeat(np.arange(len(counts)), counts)
     logger.info("cached %d tiles of %d images", offsets[-1], len(counts))
-    return TileCache(torch.cat(parts), image_of, np.asarray(manifest.labels), offsets)
+    return TileCache(torch.cat(parts), image_of, np.asarray(labels), offsets), skipped
 
 
 def aggregate_images(

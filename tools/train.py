@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -48,10 +47,11 @@ from . import metrics
 from ._augment import Augmentation
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._dataset import TileCache, aggregate_images, build_cache
-from ._manifest import Manifest, load_manifest
+from ._manifest import Manifest
 from ._objective import AdaptiveClassWeights, FocalLoss, fit_temperature
+from ._options import TrainOptions, preflight
 from ._pretrained import load_pretrained
-from ._splits import Split, split_by_patient
+from ._splits import Split
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
 
@@ -74,55 +74,6 @@ _RESUME_KEYS = (
     "seed",
     "max_train_images",
 )
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Every training choice, with the defaults ``marginwatch train`` uses."""
-
-    architecture: str = "mobilenet_v3_small"
-    input_size_px: int = 896
-    um_per_px: float = 1.0
-    profile: str = "grey"
-    dropout: float = 0.3
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.1
-    patience: int = 8
-    val_fraction: float = 0.15
-    test_fraction: float = 0.21
-    target_sensitivity: float = 0.90
-    seed: int = 0
-    device: str = "cpu"
-    pretrained: str | None = None
-    max_train_images: int | None = None  # subsample the train split (time budgets)
-    max_minutes: float | None = None  # stop at the first epoch end past this
-    augment: bool = True
-    synthetic_demo: bool = False
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "patience": self.patience >= 1,
-            "input_size_px": self.input_size_px >= 32,
-            "um_per_px": self.um_per_px > 0,
-            "target_sensitivity": 0 < self.target_sensitivity <= 1,
-            "max_train_images": self.max_train_images is None or self.max_train_images >= 2,
-            "max_minutes": self.max_minutes is None or self.max_minutes >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            got = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ConfigError(f"training options out of range: {got}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -221,6 +172,7 @@ class _Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        self.skipped: dict[str, list[str]] = {}
 
     # --- pieces -------------------------------------------------------------------
     def _lr(self, step: int) -> float:
@@ -383,13 +335,7 @@ def train(
     device = _device(options.device)
     checkpoint = _check_out(out, resume)
 
-    manifest = load_manifest(manifest_path)
-    split = split_by_patient(
-        manifest,
-        val_fraction=options.val_fraction,
-        test_fraction=options.test_fraction,
-        seed=options.seed,
-    )
+    manifest, split = preflight(manifest_path, options)
     train_idx = _subsample(manifest, split.train, options.max_train_images, options.seed)
     torch.manual_seed(options.seed)
     model = build_model(
@@ -418,6 +364,7 @@ def train(
 
     engine = config.engine
     caches = {}
+    skipped: dict[str, list[str]] = {}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -428,11 +375,17 @@ def train(
     ) as bar:
         for name, indices in (("train", train_idx), ("val", list(split.val))):
             task = bar.add_task(f"reading {name} images", total=len(indices))
-            caches[name] = build_cache(
+            caches[name], skipped[name] = build_cache(
                 manifest.subset(indices),
                 model,
                 engine,
                 lambda done, t=task: bar.update(t, completed=done),
+            )
+    for name, images in skipped.items():
+        if images:
+            console.print(
+                f"[yellow]skipped {len(images)} {name} image(s) without tissue "
+                f"(the engine would not assess them): {', '.join(images[:5])}"
             )
     read_seconds = time.perf_counter() - started
     console.print(
@@ -441,6 +394,7 @@ def train(
     )
 
     trainer = _Trainer(options, model, caches["train"], caches["val"], engine, device)
+    trainer.skipped = skipped
     stopped = trainer.resume(checkpoint, options, manifest.sha256) if resume else None
     if resume:
         console.print(f"resumed after epoch {trainer.epoch} (best val AUC {trainer.best_auc:.3f})")
@@ -559,6 +513,7 @@ def _finalise(
         "split_patients": split.as_dict(manifest),
         "split_images": {n: len(split.indices(n)) for n in ("train", "val", "test")},
         "train_images_used": len(trainer.train_set),
+        "skipped_without_tissue": trainer.skipped,
         "tiles": {"train": len(trainer.train_set.tiles), "val": len(val.tiles)},
         "roi_policy": "one random engine tile per drawn image; validation aggregates all tiles "
         f"({trainer.engine.aggregation})",

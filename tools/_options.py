@@ -1,0 +1,81 @@
+"""Training options and the checks that run before torch is imported.
+
+:class:`TrainOptions` holds every training choice with its default; :func:`preflight`
+validates the manifest and finds the patient split, so that ``marginwatch train``
+refuses bad input in a second, before loading torch or reading a single image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from marginwatch.engine.errors import ConfigError
+
+from ._manifest import Manifest, load_manifest
+from ._splits import Split, split_by_patient
+
+__all__ = ["TrainOptions", "preflight"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every training choice, with the defaults ``marginwatch train`` uses."""
+
+    architecture: str = "mobilenet_v3_small"
+    input_size_px: int = 896
+    um_per_px: float = 1.0
+    profile: str = "grey"
+    dropout: float = 0.3
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    patience: int = 8
+    val_fraction: float = 0.15
+    test_fraction: float = 0.21
+    target_sensitivity: float = 0.90
+    seed: int = 0
+    device: str = "cpu"
+    pretrained: str | None = None
+    max_train_images: int | None = None  # subsample the train split (time budgets)
+    max_minutes: float | None = None  # stop at the first epoch end past this
+    augment: bool = True
+    synthetic_demo: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "patience": self.patience >= 1,
+            "input_size_px": self.input_size_px >= 32,
+            "um_per_px": self.um_per_px > 0,
+            "target_sensitivity": 0 < self.target_sensitivity <= 1,
+            "max_train_images": self.max_train_images is None or self.max_train_images >= 2,
+            "max_minutes": self.max_minutes is None or self.max_minutes >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            got = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(f"training options out of range: {got}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preflight(manifest_path: str | Path, options: TrainOptions) -> tuple[Manifest, Split]:
+    """Load and validate the manifest and split it by patient (ManifestError otherwise)."""
+    manifest = load_manifest(manifest_path)
+    split = split_by_patient(
+        manifest,
+        val_fraction=options.val_fraction,
+        test_fraction=options.test_fraction,
+        seed=options.seed,
+    )
+    return manifest, split
