@@ -1,16 +1,29 @@
 """Tissue mask on the fluorescence / nuclear signal, at overview resolution.
 
-Otsu's threshold separates tissue from glass, but only when the two classes are truly
-apart: the bright class's mean must exceed the dark class's by ``SEPARATION`` times the
-dark class's spread. Pure sensor noise (one Gaussian mode, which Otsu splits at about
-1.6 sigma) therefore gives no tissue, even after percentile scaling stretched it. An
-image whose signal is flat (1st to 99th percentile within ``FLAT_RANGE``) is all
-tissue or all glass as the caller says (``flat_is_tissue``, from the absolute level).
+Tissue in FCM is everything stained: bright nuclei, but also dimmer cytoplasm and
+stroma, and the dark lumens and fat vacuoles they enclose. A threshold on the raw
+signal (Otsu) splits nuclei from stroma and calls most of the specimen background,
+so a tile of stroma with a few tumour glands could be skipped: a possible false
+negative. The mask therefore works on the local density of signal:
+
+1. smooth the signal with a ``SMOOTH_PX`` box (overview pixels), so that nuclei and
+   the stroma between them form one region while glass stays at the noise floor;
+2. threshold at ``LEVEL`` of the way from the floor (1st percentile) to the bulk of
+   the stained matter (90th percentile), never below ``MIN_SIGNAL``;
+3. fill holes (gland lumens, fat inside the specimen) and close small gaps.
+
+Percentile scaling stretches an empty slide's noise until it looks bright, so the
+image holds tissue only if its raw signal has structure (``STRUCTURE_RATIO``: bright
+nuclei well above the median, which an empty slide's noise has not) or its density is
+bimodal (Otsu's two classes apart by ``SEPARATION`` times the dark class's spread).
+Doubtful cases fall on the side of tissue: assessing glass costs a tile; skipping
+tissue could hide tumour.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from .tiling import Box
 
@@ -19,6 +32,9 @@ __all__ = ["otsu_threshold", "tissue_fraction", "tissue_mask"]
 FLAT_RANGE = 0.05
 MIN_SIGNAL = 0.05
 SEPARATION = 5.0
+SMOOTH_PX = 7
+LEVEL = 0.25
+STRUCTURE_RATIO = 2.0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -35,20 +51,37 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
+def _has_structure(signal: np.ndarray) -> bool:
+    """Bright objects (nuclei) well above the median: stained tissue, not flat noise."""
+    median, top = np.percentile(signal, [50, 99])
+    return bool(top > STRUCTURE_RATIO * max(float(median), 1e-3))
+
+
+def _bimodal(density: np.ndarray) -> bool:
+    """Two classes truly apart (tissue and glass), not one noisy mode split by Otsu."""
+    split = otsu_threshold(density)
+    bright, dark = density[density > split], density[density <= split]
+    if not bright.size or not dark.size:
+        return False
+    gap = float(bright.mean() - dark.mean())
+    return gap >= SEPARATION * max(float(dark.std()), 1e-3)
+
+
 def tissue_mask(signal: np.ndarray, *, flat_is_tissue: bool = False) -> np.ndarray:
-    """(h, w) signal in [0, 1] (high on tissue) -> (h, w) bool mask."""
+    """(h, w) signal in [0, 1] (high on tissue) -> (h, w) bool mask of stained tissue."""
     signal = np.nan_to_num(signal.astype(np.float32))
     low, high = np.percentile(signal, [1, 99])
     if high - low < FLAT_RANGE:
         return np.full(signal.shape, flat_is_tissue)
-    threshold = max(otsu_threshold(signal), MIN_SIGNAL)
-    mask = signal > threshold
-    dark = signal[~mask]
-    if mask.any() and dark.size:
-        gap = float(signal[mask].mean() - dark.mean())
-        if gap < SEPARATION * max(float(dark.std()), 1e-3):
-            return np.zeros(signal.shape, bool)  # one noisy mode: glass only
-    return mask
+    size = min(SMOOTH_PX, *signal.shape)
+    density = ndimage.uniform_filter(signal, size=size, mode="nearest")
+    if not _has_structure(signal) and not _bimodal(density):
+        return np.zeros(signal.shape, bool)  # one noisy mode: stretched glass only
+    floor, bulk = np.percentile(density, [1, 90])
+    threshold = max(float(floor + LEVEL * (bulk - floor)), MIN_SIGNAL)
+    mask = density > threshold
+    mask = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool), border_value=0)
+    return ndimage.binary_fill_holes(mask)
 
 
 def tissue_fraction(mask: np.ndarray, box: Box, factor: int) -> float:

@@ -56,11 +56,27 @@ def test_tissue_mask_and_empty_slide():
     signal = np.zeros((50, 50), np.float32)
     signal[10:40, 10:40] = 0.6
     mask = tissue_mask(signal + np.random.default_rng(0).normal(0, 0.01, signal.shape))
-    assert mask[20, 20] and not mask[2, 2] and 0.3 < mask.mean() < 0.42
+    # smoothing widens the edge by a pixel or two: doubt falls on the side of tissue
+    assert mask[20, 20] and not mask[2, 2] and 0.36 <= mask.mean() < 0.5
     assert not tissue_mask(np.full((20, 20), 0.01, np.float32)).any()
     assert tissue_mask(np.full((20, 20), 0.9, np.float32), flat_is_tissue=True).all()
     noise = np.random.default_rng(1).normal(0.5, 0.15, (64, 64)).clip(0, 1)
     assert not tissue_mask(noise).any()  # one noisy mode (stretched glass) is not tissue
+
+
+def test_tissue_mask_counts_stroma_and_lumens_not_just_nuclei():
+    # dim stroma with sparse bright nuclei and a dark gland lumen, glass on the right:
+    # the specimen is tissue even where no nucleus is, or a tile of stroma with a few
+    # tumour glands would be skipped as background
+    rng = np.random.default_rng(3)
+    signal = rng.normal(0.02, 0.005, (120, 160)).astype(np.float32)
+    signal[:, :100] = rng.normal(0.15, 0.03, (120, 100))
+    signal[40:70, 30:60] = 0.04  # lumen inside the tissue
+    spots = rng.integers(0, 100, (120, 2))
+    signal[spots[:, 0] % 120, spots[:, 1]] = 1.0
+    mask = tissue_mask(np.clip(signal, 0, 1))
+    assert mask[:, 5:95].mean() > 0.97  # stroma and the enclosed lumen
+    assert not mask[:, 110:].any()  # glass
 
 
 @pytest.mark.parametrize(
