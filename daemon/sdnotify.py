@@ -16,7 +16,12 @@ newline-separated ``KEY=value`` assignments to it, one datagram per message:
 
 Without ``NOTIFY_SOCKET`` (a foreground run, tests) every call is a no-op. A send that
 fails is logged once and otherwise ignored: notification is advisory, and the service
-must never stop because systemd is not listening. Calls are thread-safe.
+must never stop because systemd is not listening. Sends never block: a datagram socket's
+``sendto`` waits while the receiver's queue is full (``net.unix.max_dgram_qlen``), which
+once froze the daemon's main loop (no heartbeat, no claims) on a ``STATUS=`` line.
+systemd reads its notify socket continuously, so a full queue means it is not reading:
+the message is dropped (``EAGAIN``), logged once, and the call returns False. Calls are
+thread-safe.
 
 Usage::
 
@@ -167,8 +172,9 @@ class Notifier:
     def notify(self, *assignments: str, status: str | None = None) -> bool:
         """Send ``assignments`` (``KEY=value`` strings) as one datagram.
 
-        Returns True when a datagram was sent, False when disabled or the send failed.
-        Never raises for a send failure.
+        Returns True when a datagram was sent, False when disabled or the send failed
+        (including a full receive queue: the message is dropped, never waited for).
+        Never raises for a send failure and never blocks.
         """
         if self._address is None:
             return False
@@ -184,7 +190,11 @@ class Notifier:
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
-                self._sock.sendto(payload, self._address)
+                # MSG_DONTWAIT: a full receiver queue gives EAGAIN instead of blocking.
+                self._sock.sendto(payload, socket.MSG_DONTWAIT, self._address)
+            except BlockingIOError as exc:
+                self._log_failure(exc, "its receive queue is full (systemd is not reading)")
+                return False
             except OSError as exc:
                 self._log_failure(exc)
                 return False
@@ -209,16 +219,18 @@ class Notifier:
             f"watchdog_interval_seconds={self.watchdog_interval_seconds!r})"
         )
 
-    def _log_failure(self, exc: OSError) -> None:
+    def _log_failure(self, exc: OSError, why: str | None = None) -> None:
+        reason = why or str(exc)
         if not self._failed_once:
             self._failed_once = True
             logger.warning(
-                "cannot notify systemd at NOTIFY_SOCKET=%r: %s (further failures are not logged)",
+                "cannot notify systemd at NOTIFY_SOCKET=%r: %s; message dropped "
+                "(further failures are not logged)",
                 self._raw_address,
-                exc,
+                reason,
             )
         else:
-            logger.debug("cannot notify systemd: %s", exc)
+            logger.debug("cannot notify systemd: %s", reason)
 
 
 def _one_line(text: str) -> str:
