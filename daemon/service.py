@@ -12,7 +12,10 @@ stays responsive (signals, WATCHDOG=1):
 - heartbeat row + ``STATUS=`` every ``heartbeat_seconds``; ``WATCHDOG=1`` when asked.
 
 SIGTERM/SIGINT: stop intake (observer, scans, claims), let the pipeline finish within
-``shutdown_seconds``, release what it could not, audit ``daemon.stop``, exit 0.
+``shutdown_seconds``, release what it could not (``Store.release_job``: pending again,
+the attempt not counted), audit ``daemon.stop``, exit 0. At start-up, jobs leased to a
+daemon of this host whose process is gone (SIGKILL, crash) are put back at once
+(``Store.requeue_orphans``) instead of after their lease.
 SIGHUP: reload the configuration file, apply what can change live, audit
 ``config.reloaded`` (what changed, what needs a restart).
 """
@@ -150,6 +153,7 @@ class Service:
         """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
         if not os.path.isdir(self.root):
             raise DaemonError(f"{self.root}: watch folder does not exist or is not a folder")
+        self._requeue_orphans()
         self.pipeline.start()
         self.observer.start()
         self._scans.append(scan_folder(self.root, self._filter))
@@ -221,13 +225,8 @@ class Service:
         released = 0
         for job in left:
             try:
-                # No release call in the store API: a retry with no delay that cannot
-                # exhaust the attempts (it is not the file's fault) puts it back to pending.
-                self.store.fail_job(
-                    job.job_id, self.owner, "Interrupted",
-                    "the daemon stopped before the assessment finished; it will run again",
-                    0.0, job.attempts + 1,
-                )
+                # Not the file's fault: back to pending at once, the attempt not counted.
+                self.store.release_job(job.job_id, self.owner)
                 released += 1
             except (ConflictError, NotFoundError):
                 pass
@@ -301,6 +300,26 @@ class Service:
                 return
             self.claimed += 1
             self.pipeline.submit(job)
+
+    def _requeue_orphans(self) -> None:
+        """At start-up: jobs held by daemons of this host that no longer run go back now.
+
+        A SIGKILLed (or crashed) daemon's leases would otherwise block its jobs for up
+        to ``lease_seconds``. Called before the first claim, so anything leased to our
+        own owner string (a reused pid, e.g. pid 1 in a container) is an orphan too.
+        """
+        prefix, _, _ = self.owner.rpartition(":")
+        try:
+            n = self.store.requeue_orphans(
+                prefix + ":", lambda owner: owner != self.owner and _owner_alive(owner),
+                max_attempts=self.config.daemon.max_attempts, actor=self.owner,
+            )
+        except StorageError as exc:
+            logger.error("could not requeue orphaned jobs (%s); their leases will expire",
+                         type(exc).__name__)
+            return
+        if n:
+            logger.info("%d job(s) held by a daemon of this host that is gone put back", n)
 
     def _keep_leases(self) -> None:
         d = self.config.daemon
@@ -376,7 +395,29 @@ class Service:
 
 
 def _owner() -> str:
+    """``marginwatch-daemon@<host>:<pid>``; :func:`_owner_alive` reads the pid back."""
     return f"marginwatch-daemon@{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process named by a same-host owner string still exists.
+
+    Unknown forms count as alive (their lease expires as usual). A pid reused by
+    another process also counts as alive: only the lease frees those jobs then.
+    """
+    try:
+        pid = int(owner.rpartition(":")[2])
+    except ValueError:
+        return True
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 def run_daemon(

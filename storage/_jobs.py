@@ -22,7 +22,15 @@ from . import audit
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
 from .records import AssessmentRecord, FinishOutcome
 
-__all__ = ["PAUSE_ENV", "fail_final", "held_job", "pause_point", "record_assessment"]
+__all__ = [
+    "PAUSE_ENV",
+    "fail_final",
+    "held_job",
+    "pause_point",
+    "put_back",
+    "record_assessment",
+    "requeue_lost",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +227,41 @@ def fail_final(
         "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
     )
     return alert.id
+
+
+def put_back(job: Job, now: datetime) -> None:
+    """``processing`` -> ``pending``, runnable at once, lease dropped."""
+    job.state = "pending"
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.not_before = None
+    job.updated_at = now
+
+
+def requeue_lost(
+    session: Session,
+    job: Job,
+    reason: str | None,
+    max_attempts: int | None,
+    actor: str,
+    now: datetime,
+) -> None:
+    """A job whose worker is gone (lease expired, or owner process gone) goes back.
+
+    The claim still counts: after ``max_attempts`` claims (a file that kills its worker)
+    it fails for good with a not-assessed alert instead. Audited ``job.requeued``.
+    """
+    if max_attempts is not None and job.attempts >= max_attempts:
+        what = "worker lease expired" if reason is None else f"worker gone ({reason})"
+        fail_final(session, job, "LeaseExpired", f"{what} {job.attempts} times", actor, now)
+        return
+    previous = job.lease_owner
+    put_back(job, now)
+    payload: dict[str, object] = {
+        "job_id": job.id,
+        "attempts": job.attempts,
+        "lease_owner": previous,
+    }
+    if reason is not None:
+        payload["reason"] = reason
+    audit.append_event(session, "job.requeued", job.image_id, payload, actor, now)

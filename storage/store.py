@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -385,29 +385,61 @@ class Store:
                 .order_by(Job.id)
             ).all()
             for job in jobs:
-                previous = job.lease_owner
-                if max_attempts is not None and job.attempts >= max_attempts:
-                    _jobs.fail_final(
-                        session,
-                        job,
-                        "LeaseExpired",
-                        f"worker lease expired {job.attempts} times",
-                        actor,
-                        now,
-                    )
-                    continue
-                job.state = "pending"
-                job.lease_owner = None
-                job.lease_expires_at = None
-                job.updated_at = now
-                audit.append_event(
-                    session,
-                    "job.requeued",
-                    job.image_id,
-                    {"job_id": job.id, "attempts": job.attempts, "lease_owner": previous},
-                    actor,
-                    now,
-                )
+                _jobs.requeue_lost(session, job, None, max_attempts, actor, now)
+            return len(jobs)
+
+    def release_job(
+        self, job_id: int, owner: str, *, actor: str | None = None, now: datetime | None = None
+    ) -> None:
+        """Give a held job back to ``pending`` now: the claim does not count as an attempt.
+
+        For work the daemon itself interrupts (SIGTERM before the assessment finished):
+        it is not the file's fault, so no error is recorded, no delay is set and the
+        attempt is not counted against ``max_attempts``. Audited ``job.released``.
+        ConflictError if the lease was lost, NotFoundError for an unknown job.
+        """
+        now = _now(now)
+        with self._write() as session:
+            job = _jobs.held_job(session, job_id, owner)
+            _jobs.put_back(job, now)
+            job.attempts = max(0, job.attempts - 1)
+            audit.append_event(
+                session,
+                "job.released",
+                job.image_id,
+                {"job_id": job.id, "attempts": job.attempts, "lease_owner": owner},
+                actor or owner,
+                now,
+            )
+
+    def requeue_orphans(
+        self,
+        owner_prefix: str,
+        alive: Callable[[str], bool] | None = None,
+        now: datetime | None = None,
+        *,
+        max_attempts: int | None = None,
+        actor: str = "marginwatch",
+    ) -> int:
+        """Put back jobs leased to owners that no longer exist, without waiting for the lease.
+
+        Candidates are ``processing`` jobs whose lease owner starts with ``owner_prefix``
+        (the daemon passes its own ``marginwatch-daemon@<host>:``); ``alive(owner)`` says
+        whether that owner still runs (None: none of them does). Like
+        :meth:`requeue_expired` the claim still counts (the file may be what killed the
+        worker), and with ``max_attempts`` a job claimed that many times fails for good.
+        Audited ``job.requeued`` with ``reason: "owner-gone"``; returns how many.
+        """
+        now = _now(now)
+        with self._write() as session:
+            held = session.scalars(
+                select(Job).where(Job.state == "processing").order_by(Job.id)
+            ).all()
+            owners = {j.lease_owner for j in held if (j.lease_owner or "").startswith(owner_prefix)}
+            gone = {o for o in owners if o is not None and (alive is None or not alive(o))}
+            jobs = [j for j in held if j.lease_owner in gone]
+            for job in jobs:
+                _jobs.requeue_lost(session, job, "owner-gone", max_attempts, actor, now)
             return len(jobs)
 
     def find_assessment(self, sha256: str, model_id: int) -> int | None:

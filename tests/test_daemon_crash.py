@@ -84,3 +84,38 @@ def test_sigterm_during_processing_exits_zero_within_bound(tmp_path: Path,
         assert daemon.stop() == 0
     assert all(v[-1][0] == "done" and len(v) == 1 for v in final.values()), final
     assert_audit_ok(daemon.db)
+
+
+def test_sigkilled_daemons_jobs_are_picked_up_at_once_on_restart(tmp_path: Path,
+                                                                 tiny_model_dir) -> None:
+    """Jobs leased to a killed daemon of this host go back at start-up, not after the lease."""
+    import json
+
+    watch = tmp_path / "export"
+    work = tmp_path / "state"
+    work.mkdir()
+    names = [f"case1/img{i:03d}.tif" for i in range(30)]
+    lease_seconds = 600.0  # far longer than the test may take
+    daemon = Daemon(work, watch, tiny_model_dir,
+                    daemon={"lease_seconds": lease_seconds, "workers": 1})
+    with daemon:
+        for i, name in enumerate(names):
+            write_image(watch / name, seed=5000 + i)
+        daemon.start().wait_ready()
+        wait_for(daemon.db, lambda s: any(v[-1][0] == "processing" for v in s.values()), 60,
+                 daemon)
+        daemon.kill()
+        held = [k for k, v in states(daemon.db).items() if v[-1][0] == "processing"]
+        assert held, "no job was in flight when the daemon was killed"
+        started = time.monotonic()
+        daemon.start().wait_ready()
+        final = wait_for(daemon.db, all_final(set(names)), 120, daemon)
+        took = time.monotonic() - started
+        assert daemon.stop() == 0
+    assert took < lease_seconds / 2, took
+    assert all(v[-1][0] == "done" and len(v) == 1 for v in final.values()), final
+    requeued = [json.loads(p) for (p,) in query(
+        daemon.db, "SELECT payload_json FROM audit_events WHERE action = 'job.requeued'")]
+    assert len(requeued) == len(held)
+    assert all(p["reason"] == "owner-gone" for p in requeued)
+    assert_audit_ok(daemon.db)

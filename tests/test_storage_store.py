@@ -282,3 +282,82 @@ def test_alert_rows_are_plain_dataclasses(store, model_id):
     (alert,) = store.open_alerts()
     assert not isinstance(alert, Alert)
     assert alert.probability == pytest.approx(0.91)
+
+
+def test_release_job_puts_it_back_without_counting_a_failure(store, model_id):
+    found = _discover(store)
+    job = store.claim_job("host:1", 60, now=T0)
+    assert job.attempts == 1
+    store.release_job(job.job_id, "host:1", now=T0 + timedelta(seconds=1))
+    (row,) = store.recent_results(1)
+    assert (row.state, row.attempts, row.error_class, row.error_message) == (
+        "pending", 0, None, None)
+    with pytest.raises(ConflictError, match="not leased"):
+        store.release_job(job.job_id, "host:1")  # released already
+    with pytest.raises(NotFoundError):
+        store.release_job(10_000, "host:1")
+    again = store.claim_job("host:2", 60, now=T0 + timedelta(seconds=1))  # runnable at once
+    assert again.job_id == found.job_id and again.attempts == 1
+    with pytest.raises(ConflictError):
+        store.release_job(again.job_id, "host:1")  # not the holder
+    (event,) = [e for e in store.audit_events() if e.action == "job.released"]
+    assert event.object_id == found.image_id
+    assert event.payload == {"job_id": found.job_id, "attempts": 0, "lease_owner": "host:1"}
+    assert event.actor == "host:1"
+    assert store.verify_audit().ok
+
+
+def test_release_keeps_an_earlier_failure_and_attempt_budget(store, model_id):
+    _discover(store)
+    job = store.claim_job("w", 60, now=T0)
+    store.fail_job(job.job_id, "w", "UnreadableImageError", "truncated", 0.0, max_attempts=2,
+                   now=T0)
+    job = store.claim_job("w", 60, now=T0 + timedelta(seconds=1))
+    assert job.attempts == 2
+    store.release_job(job.job_id, "w", now=T0 + timedelta(seconds=2))
+    job = store.claim_job("w", 60, now=T0 + timedelta(seconds=2))
+    assert job.attempts == 2  # the interrupted claim did not use up the last attempt
+    (row,) = store.recent_results(1)
+    assert row.error_class == "UnreadableImageError"
+
+
+def test_requeue_orphans_of_dead_owners_on_this_host(store):
+    for name in ("a.tif", "b.tif", "c.tif", "d.tif"):
+        _discover(store, name)
+    dead = store.claim_job("mw@hostA:111", 120, now=T0)
+    living = store.claim_job("mw@hostA:222", 120, now=T0)
+    elsewhere = store.claim_job("mw@hostB:111", 120, now=T0)
+    asked: list[str] = []
+
+    def alive(owner: str) -> bool:
+        asked.append(owner)
+        return owner == "mw@hostA:222"
+
+    n = store.requeue_orphans("mw@hostA:", alive, now=T0 + timedelta(seconds=1), actor="mw@hostA:9")
+    assert n == 1
+    assert sorted(asked) == ["mw@hostA:111", "mw@hostA:222"]  # the other host is not asked
+    by_id = {r.image_id: r for r in store.recent_results(10)}
+    assert by_id[dead.image_id].state == "pending"
+    assert by_id[dead.image_id].attempts == 1  # the claim counts: the file may be the killer
+    assert by_id[living.image_id].state == "processing"
+    assert by_id[elsewhere.image_id].state == "processing"
+    again = store.claim_job("mw@hostA:9", 120, now=T0 + timedelta(seconds=1))  # no lease wait
+    assert again.job_id == dead.job_id and again.attempts == 2
+    (event,) = [e for e in store.audit_events() if e.action == "job.requeued"]
+    assert event.payload == {"job_id": dead.job_id, "attempts": 1,
+                             "lease_owner": "mw@hostA:111", "reason": "owner-gone"}
+    assert event.actor == "mw@hostA:9"
+    # alive=None: no owner with this prefix runs any more.
+    assert store.requeue_orphans("mw@hostA:", None, now=T0 + timedelta(seconds=2)) == 2
+    assert store.queue_depth() == 4
+    assert store.verify_audit().ok
+
+
+def test_requeue_orphans_fails_a_job_that_keeps_killing_workers(store):
+    _discover(store)
+    store.claim_job("mw@h:1", 120, now=T0)
+    assert store.requeue_orphans("mw@h:", None, now=T0, max_attempts=1) == 1
+    (row,) = store.recent_results(1)
+    assert row.state == "failed" and row.error_class == "LeaseExpired"
+    assert "worker gone" in row.error_message
+    assert store.open_alerts()[0].kind == "not-assessed"
