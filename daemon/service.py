@@ -289,14 +289,9 @@ class Service:
     def _claim(self) -> None:
         d = self.config.daemon
         while self.pipeline.in_flight() < self._capacity() and self.should_keep_running():
-            job = self.store.claim_job(self.owner, d.lease_seconds)
+            # Only our folder's jobs: daemons watching other folders may share the database.
+            job = self.store.claim_job(self.owner, d.lease_seconds, root_key=self.root_key)
             if job is None:
-                return
-            if job.root_key != self.root_key:
-                # Another daemon's folder sharing this database: not ours to read.
-                self.store.fail_job(job.job_id, self.owner, "OtherRoot",
-                                    "claimed by a daemon watching another folder",
-                                    d.retry_delay_seconds, job.attempts + 1)
                 return
             self.claimed += 1
             self.pipeline.submit(job)

@@ -153,3 +153,38 @@ def test_reconcile_scan_finds_missed_files(tmp_path: Path, model_dir: Path) -> N
         final = wait_for(daemon.db, all_final(expected), 60, daemon)
         assert daemon.stop() == 0
     assert all(v == [("done", 1, None)] for v in final.values()), final
+
+
+def test_two_daemons_sharing_one_database_claim_only_their_own_folder(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Two scanners, two folders, one database: each daemon assesses its own images once."""
+    daemons = []
+    expected: dict[str, set[str]] = {}
+    for n in range(2):
+        watch = tmp_path / f"export{n}"
+        work = tmp_path / f"state{n}"
+        work.mkdir()
+        daemon = Daemon(work, watch, model_dir, daemon={"workers": 1})
+        daemon.db = tmp_path / "shared.db"
+        names = {f"scanner{n}/img{i:02d}.tif" for i in range(6)}
+        for i, name in enumerate(sorted(names)):
+            write_image(watch / name, seed=7000 + 100 * n + i)
+        daemons.append(daemon)
+        expected[os.path.realpath(watch)] = names
+    try:
+        for daemon in daemons:
+            daemon.start().wait_ready()
+        everything = set().union(*expected.values())
+        final = wait_for(daemons[0].db, all_final(everything), 120, daemons[0])
+        for daemon in daemons:
+            assert daemon.stop() == 0, daemon.log()
+    finally:
+        for daemon in daemons:
+            daemon.__exit__()
+    # Once each, first attempt, never touched by the other daemon (no put-back-with-delay).
+    assert all(v == [("done", 1, None)] for v in final.values()), final
+    rows = query(daemons[0].db, "SELECT i.root_key, i.rel_path FROM images i")
+    assert {(root, rel) for root, rel in rows} == {
+        (root, rel) for root, names in expected.items() for rel in names}
+    assert_audit_ok(daemons[0].db)
