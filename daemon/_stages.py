@@ -8,12 +8,29 @@ engine settings changed by SIGHUP apply to the next image.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from marginwatch.engine.config import Config
 
-__all__ = ["EngineStages", "load_stages"]
+__all__ = ["TENSORRT_START_EXTEND_SECONDS", "EngineStages", "load_stages", "may_build_tensorrt"]
+
+logger = logging.getLogger(__name__)
+
+#: Start-up time asked of systemd (``EXTEND_TIMEOUT_USEC``) before a TensorRT backend is
+#: selected: a first start on a new GPU builds the engine, which takes minutes, longer
+#: than a typical ``TimeoutStartSec=``. Bounded, so a hung build still ends the start.
+TENSORRT_START_EXTEND_SECONDS = 30 * 60.0
+
+
+def may_build_tensorrt(backend: str) -> bool:
+    """Whether ``engine.backend`` may resolve to TensorRT (so may build an engine)."""
+    if backend == "tensorrt":
+        return True
+    # "auto" picks TensorRT when it is importable (find_spec does not import it).
+    return backend == "auto" and importlib.util.find_spec("tensorrt") is not None
 
 
 class EngineStages:
@@ -44,13 +61,22 @@ class EngineStages:
 
 
 def load_stages(
-    config: Config, store: Any, *, actor: str
+    config: Config, store: Any, *, actor: str, notifier: Any = None
 ) -> tuple[EngineStages, Callable[[Any], Any], int, dict[str, Any]]:
-    """Load the model, pick the backend, register the model; return what the service needs."""
+    """Load the model, pick the backend, register the model; return what the service needs.
+
+    ``notifier`` (a :class:`~marginwatch.daemon.sdnotify.Notifier`) is asked for more
+    start-up time before a TensorRT backend is selected (it may build an engine).
+    """
     from marginwatch import engine
 
     assert config.daemon.model_dir is not None
     model = engine.load_model(config.daemon.model_dir)
+    if notifier is not None and may_build_tensorrt(config.engine.backend):
+        logger.info("asking systemd for %.0f s more start-up time (TensorRT engine may be built)",
+                    TENSORRT_START_EXTEND_SECONDS)
+        notifier.extend_timeout(TENSORRT_START_EXTEND_SECONDS)
+        notifier.status("starting: preparing the TensorRT engine (a first start builds it)")
     backend = engine.select_backend(model, config.engine)
     card = model.card.model_dump(mode="json")
     model_id = store.register_model(model.digest, model.card.architecture, card, actor=actor)

@@ -60,8 +60,11 @@ LIVE_DAEMON_FIELDS = (
     "ignore_globs", "image_globs", "max_attempts", "retry_delay_seconds", "lease_seconds",
     "max_batch_tiles", "max_batch_wait_ms", "shutdown_seconds", "heartbeat_seconds",
 )
-#: engine settings read per image (so live); backend/precision/cache need a restart.
-RESTART_ENGINE_FIELDS = ("backend", "precision", "engine_cache_dir")
+#: engine settings read per image (so live); the backend and how it was built (precision,
+#: engine cache, TensorRT optimisation profile and workspace) are fixed until a restart.
+RESTART_ENGINE_FIELDS = (
+    "backend", "precision", "engine_cache_dir", "tensorrt_max_batch", "tensorrt_workspace_mib",
+)
 SCAN_SLICE = 256  # entries of a reconcile scan taken per main-loop step
 SIGHTINGS_SLICE = 2000
 
@@ -452,7 +455,8 @@ def run_daemon(
     try:
         store.audit("config.loaded", owner, {
             "source": config.source, "config": config.model_dump(mode="json")}, owner)
-        stages, infer, model_id, described = load_stages(config, store, actor=owner)
+        stages, infer, model_id, described = load_stages(config, store, actor=owner,
+                                                            notifier=notifier)
         store.audit("daemon.start", owner, {
             "pid": os.getpid(), "observer": d.observer, **described}, owner)
         logger.info("model %s on %s (%s, %s)", described["model_digest"][:12],
