@@ -44,6 +44,8 @@ THROUGHPUT_WINDOW = timedelta(minutes=10)
 MAX_ALERT_ROWS = 12
 RECENT_ROWS_FETCHED = 40
 RESEARCH = "research use, not a diagnosis"
+#: what the header shows about the daemon, as the daemon writes it in its heartbeat details
+DAEMON_KEYS = ("model_digest", "architecture", "synthetic_demo", "backend", "device", "precision")
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Snapshot:
     db_problem: str | None = None
     heartbeat: Any = None  # HeartbeatView | None
     stale_after_seconds: float = 10.0
-    daemon: dict[str, Any] = field(default_factory=dict)  # the daemon.start event payload
+    daemon: dict[str, Any] = field(default_factory=dict)  # model/backend (heartbeat details)
     alerts: list[Any] = field(default_factory=list)  # AlertView, newest first
     picture: Picture | None = None
     picture_alert: Any = None  # AlertView the picture belongs to
@@ -137,7 +139,7 @@ class Source:
     def _read(self, store: Any, shot: Snapshot) -> None:
         shot.heartbeat = store.read_heartbeat()
         if shot.heartbeat is not None:
-            shot.daemon = self._daemon_info(store, shot.heartbeat.owner)
+            shot.daemon = self._daemon_info(store, shot.heartbeat)
         shot.alerts = store.open_alerts()
         # The picture: the newest tumour alert's Grad-CAM (a not-assessed alert has none;
         # it is shown as its message only when no tumour alert is open).
@@ -176,8 +178,16 @@ class Source:
             self._regions[alert.id] = found
         return self._regions[alert.id]
 
-    def _daemon_info(self, store: Any, owner: str) -> dict[str, Any]:
-        """The ``daemon.start`` payload of the heartbeat's owner (model, backend, device)."""
+    def _daemon_info(self, store: Any, heartbeat: Any) -> dict[str, Any]:
+        """Model, backend and device of the running daemon: from its heartbeat's details.
+
+        A daemon older than the heartbeat details is looked up in the audit log instead
+        (its ``daemon.start`` payload), once per owner.
+        """
+        details = heartbeat.details or {}
+        if "backend" in details or "model_digest" in details:
+            return {k: details[k] for k in DAEMON_KEYS if k in details}
+        owner = heartbeat.owner
         if self._daemon is not None and self._daemon[0] == owner and self._daemon[1]:
             return self._daemon[1]
         info: dict[str, Any] = {}

@@ -65,6 +65,10 @@ LIVE_DAEMON_FIELDS = (
 RESTART_ENGINE_FIELDS = (
     "backend", "precision", "engine_cache_dir", "tensorrt_max_batch", "tensorrt_workspace_mib",
 )
+#: what the heartbeat says about the model and backend (the dashboard's header reads it).
+HEARTBEAT_MODEL_KEYS = (
+    "model_digest", "architecture", "synthetic_demo", "backend", "device", "precision",
+)
 SCAN_SLICE = 256  # entries of a reconcile scan taken per main-loop step
 SIGHTINGS_SLICE = 2000
 
@@ -88,6 +92,8 @@ class Service:
     ``stages`` has ``prepare``/``finish``/``record`` bound to the model (see
     :class:`~marginwatch.daemon.pipeline.Pipeline`); ``infer`` runs the backend.
     ``reload_config`` returns the configuration anew (SIGHUP). ``clock`` is injectable.
+    ``described`` (from ``load_stages``: model digest, architecture, synthetic_demo,
+    backend, device, precision) goes into every heartbeat for the dashboard's header.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class Service:
         flags: SignalFlags,
         reload_config: Callable[[], Config] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        described: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.root = os.path.realpath(watch_dir)
@@ -115,6 +122,8 @@ class Service:
         self.flags = flags
         self._reload_config = reload_config
         self._clock = clock
+        self._model_details = {k: (described or {})[k] for k in HEARTBEAT_MODEL_KEYS
+                               if k in (described or {})}
         d = config.daemon
         self._sightings: queue.Queue[Sighting] = queue.Queue()
         self._filter = PathFilter(d.image_globs, d.ignore_globs)
@@ -342,6 +351,7 @@ class Service:
             "in_flight": self.pipeline.in_flight(), "settling": len(self.tracker),
             "recorded": self.recorded, "assessed": c["assessed"], "duplicate": c["duplicate"],
             "failed": c["failed"], "retries": c["retry"], "observer": self.observer.kind,
+            **self._model_details,
         })
         self.notifier.status(self._status_text())
 
@@ -466,6 +476,7 @@ def run_daemon(
         service = Service(
             config, watch_dir=Path(d.watch_dir), store=store, stages=stages, infer=infer,
             model_id=model_id, owner=owner, notifier=notifier, flags=flags, reload_config=load,
+            described=described,
         )
         with service:
             return service.run()

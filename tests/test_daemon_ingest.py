@@ -6,6 +6,7 @@ the end state in the SQLite database: every file recorded once, assessed once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -184,6 +185,12 @@ def test_two_daemons_sharing_one_database_claim_only_their_own_folder(
             daemon.__exit__()
     # Once each, first attempt, never touched by the other daemon (no put-back-with-delay).
     assert all(v == [("done", 1, None)] for v in final.values()), final
+    # The heartbeat carries the model and backend (the dashboard's header reads them there).
+    (details,) = query(daemons[0].db, "SELECT details_json FROM heartbeat")[0]
+    details = json.loads(details)
+    assert details["backend"] == "torch-cpu" and details["precision"] == "fp32"
+    assert details["device"] and len(details["model_digest"]) == 64
+    assert details["architecture"] and isinstance(details["synthetic_demo"], bool)
     rows = query(daemons[0].db, "SELECT i.root_key, i.rel_path FROM images i")
     assert {(root, rel) for root, rel in rows} == {
         (root, rel) for root, names in expected.items() for rel in names}

@@ -112,6 +112,22 @@ def test_alerts_of_both_kinds(alerts_db: Path, width: int, height: int) -> None:
     assert "queue 0" in frame and "/min" in frame
 
 
+def test_header_reads_model_and_backend_from_the_heartbeat(tmp_path: Path) -> None:
+    """The heartbeat's details win; the daemon.start audit event is only a fallback."""
+    db = tmp_path / "beat.db"
+    with Store.open(db, upgrade=True) as store:
+        _daemon_started(store)  # its audit event says resnet18 on torch-cpu, synthetic
+        store.heartbeat(OWNER, "running", details={
+            "model_digest": "feedbeef" * 8, "architecture": "resnet50", "synthetic_demo": False,
+            "backend": "tensorrt", "device": "NVIDIA H100", "precision": "fp16", "in_flight": 0})
+    frame = _capture(db, 160, 48)
+    header = frame.splitlines()[0]
+    assert "tensorrt/NVIDIA H100" in header
+    assert "resnet50 feedbeef" in header
+    assert "torch-cpu" not in header and "resnet18" not in header
+    assert "SYNTHETIC DEMO MODEL" not in frame and "Outputs are for research use" in frame
+
+
 def test_wide_frame_uses_the_room(alerts_db: Path) -> None:
     small = _capture(alerts_db, 80, 24)
     big = _capture(alerts_db, 160, 48)
