@@ -151,7 +151,7 @@ def _write_predictions(path: Path, scored: dict[str, _Scored]) -> None:
                         row.patient,
                         row.centre,
                         "tumour" if row.label else "benign",
-                        "" if p is None else f"{p:.6f}",
+                        "" if p is None else repr(float(p)),  # exact: metrics can be recomputed
                         "not assessed" if d is None else ("tumour" if d else "benign"),
                     ]
                 )
