@@ -1,5 +1,8 @@
 """Job lifecycle steps that run inside a Store's writing transaction (one session).
 
+discover -> claim -> (record_assessment | close_duplicate | fail_or_retry), and the
+ways a job goes back: put_back (released), requeue_lost (lease expired, owner gone).
+
 Kept apart from :mod:`store` so each stays readable; nothing here commits: the caller's
 ``with store._write()`` block is the transaction, so a crash between any two steps leaves
 all of a job's records or none of them (tests/test_storage_crash.py kills a writer at
@@ -12,7 +15,8 @@ import json
 import logging
 import os
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from marginwatch.engine.errors import ConflictError, NotFoundError
 from sqlalchemy import select
@@ -20,12 +24,18 @@ from sqlalchemy.orm import Session
 
 from . import audit
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
-from .records import AssessmentRecord, FinishOutcome
+from .records import AssessmentRecord, ClaimedJob, Discovery, FailOutcome, FinishOutcome
 
 __all__ = [
     "PAUSE_ENV",
+    "claim",
+    "close_duplicate",
+    "discover",
+    "expired",
     "fail_final",
+    "fail_or_retry",
     "held_job",
+    "orphaned",
     "pause_point",
     "put_back",
     "record_assessment",
@@ -43,6 +53,99 @@ def pause_point(step: str) -> None:
     if os.environ.get(PAUSE_ENV) == step:
         print(f"paused at {step}", flush=True)
         time.sleep(3600)
+
+
+def discover(
+    session: Session,
+    root_key: str,
+    rel_path: str,
+    size: int,
+    mtime_ns: int,
+    actor: str,
+    now: datetime,
+) -> Discovery | None:
+    """A new file version and its pending job (audited); None if already recorded."""
+    seen = session.scalar(
+        select(Image.id).where(
+            Image.root_key == root_key,
+            Image.rel_path == rel_path,
+            Image.size == size,
+            Image.mtime_ns == mtime_ns,
+        )
+    )
+    if seen is not None:
+        return None
+    image = Image(
+        root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now
+    )
+    session.add(image)
+    session.flush()
+    job = Job(image_id=image.id, state="pending", attempts=0, created_at=now, updated_at=now)
+    session.add(job)
+    session.flush()
+    # The path is in the images row (access-controlled); the audit payload and the
+    # logs carry ids only.
+    audit.append_event(
+        session,
+        "image.discovered",
+        image.id,
+        {"job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns},
+        actor,
+        now,
+    )
+    logger.info("image %s discovered (job %d)", image.id, job.id)
+    return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
+
+
+def claim(
+    session: Session, owner: str, now: datetime, expires: datetime, root_key: str | None
+) -> ClaimedJob | None:
+    """Lease the oldest runnable pending job (of ``root_key`` if given) to ``owner``."""
+    query = (
+        select(Job, Image)
+        .join(Image, Image.id == Job.image_id)
+        .where(Job.state == "pending", (Job.not_before.is_(None)) | (Job.not_before <= now))
+        .order_by(Job.id)
+        .limit(1)
+    )
+    if root_key is not None:
+        query = query.where(Image.root_key == root_key)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Job)
+    row = session.execute(query).first()
+    if row is None:
+        return None
+    job, image = row
+    job.state = "processing"
+    job.attempts += 1
+    job.lease_owner = owner
+    job.lease_expires_at = expires
+    job.started_at = now
+    job.updated_at = now
+    return ClaimedJob(
+        job_id=job.id,
+        image_id=image.id,
+        root_key=image.root_key,
+        rel_path=image.rel_path,
+        size=image.size,
+        mtime_ns=image.mtime_ns,
+        attempts=job.attempts,
+        lease_expires_at=expires,
+    )
+
+
+def expired(session: Session, now: datetime) -> list[Job]:
+    """``processing`` jobs whose lease ran out before ``now``."""
+    query = select(Job).where(Job.state == "processing", Job.lease_expires_at < now)
+    return list(session.scalars(query.order_by(Job.id)).all())
+
+
+def orphaned(session: Session, owner_prefix: str, alive: Callable[[str], bool] | None) -> list[Job]:
+    """``processing`` jobs leased to an owner starting with ``owner_prefix`` that is gone."""
+    held = session.scalars(select(Job).where(Job.state == "processing").order_by(Job.id)).all()
+    owners = {j.lease_owner for j in held if (j.lease_owner or "").startswith(owner_prefix)}
+    gone = {o for o in owners if o is not None and (alive is None or not alive(o))}
+    return [j for j in held if j.lease_owner in gone]
 
 
 def held_job(session: Session, job_id: int, owner: str) -> Job:
@@ -180,6 +283,70 @@ def record_assessment(
         result.decision,
     )
     return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
+
+
+def close_duplicate(
+    session: Session, job: Job, sha256: str, of_prediction_id: int, actor: str, now: datetime
+) -> None:
+    """The job's bytes were assessed before by the same model: link, don't rerun."""
+    if session.get(Prediction, of_prediction_id) is None:
+        raise NotFoundError(f"prediction {of_prediction_id}: no such prediction")
+    image = session.get(Image, job.image_id)
+    assert image is not None
+    image.sha256 = sha256
+    job.state = "duplicate"
+    job.prediction_id = of_prediction_id
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.finished_at = now
+    job.updated_at = now
+    audit.append_event(
+        session,
+        "image.duplicate",
+        image.id,
+        {"job_id": job.id, "sha256": sha256, "of_prediction_id": of_prediction_id},
+        actor,
+        now,
+    )
+
+
+def fail_or_retry(
+    session: Session,
+    job: Job,
+    error_class: str,
+    message: str,
+    retry_after_seconds: float | None,
+    max_attempts: int,
+    actor: str,
+    now: datetime,
+) -> FailOutcome:
+    """Retry later (pending + not_before) or fail for good with a not-assessed alert."""
+    job.error_class = error_class
+    job.error_message = message
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.updated_at = now
+    if retry_after_seconds is not None and job.attempts < max_attempts:
+        job.state = "pending"
+        job.not_before = now + timedelta(seconds=retry_after_seconds)
+        audit.append_event(
+            session,
+            "job.retry_scheduled",
+            job.image_id,
+            {
+                "job_id": job.id,
+                "attempts": job.attempts,
+                "error_class": error_class,
+                "not_before": job.not_before.isoformat(),
+            },
+            actor,
+            now,
+        )
+        return FailOutcome(
+            state="pending", attempts=job.attempts, not_before=job.not_before, alert_id=None
+        )
+    alert_id = fail_final(session, job, error_class, message, actor, now)
+    return FailOutcome(state="failed", attempts=job.attempts, not_before=None, alert_id=alert_id)
 
 
 def fail_final(

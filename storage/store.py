@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from . import _jobs, _queries, audit, schema
 from ._engine import Target, check_sqlite_file, make_engine, parse_target, translate_errors
-from .models import Alert, Heartbeat, Image, Job, ModelRow, Prediction
+from .models import Alert, Heartbeat, Image, ModelRow, Prediction
 from .records import (
     AlertDetail,
     AlertView,
@@ -272,38 +272,7 @@ class Store:
         """Record a new file version and its pending job; None if already recorded."""
         now = _now(now)
         with self._write() as session:
-            seen = session.scalar(
-                select(Image.id).where(
-                    Image.root_key == root_key,
-                    Image.rel_path == rel_path,
-                    Image.size == size,
-                    Image.mtime_ns == mtime_ns,
-                )
-            )
-            if seen is not None:
-                return None
-            image = Image(
-                root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now
-            )
-            session.add(image)
-            session.flush()
-            job = Job(
-                image_id=image.id, state="pending", attempts=0, created_at=now, updated_at=now
-            )
-            session.add(job)
-            session.flush()
-            # The path is in the images row (access-controlled); the audit payload and the
-            # logs carry ids only.
-            audit.append_event(
-                session,
-                "image.discovered",
-                image.id,
-                {"job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns},
-                actor,
-                now,
-            )
-            logger.info("image %s discovered (job %d)", image.id, job.id)
-            return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
+            return _jobs.discover(session, root_key, rel_path, size, mtime_ns, actor, now)
 
     # --- the queue -----------------------------------------------------------------
 
@@ -322,37 +291,7 @@ class Store:
         now = _now(now)
         expires = now + timedelta(seconds=lease_seconds)
         with self._write(audited=False) as session:
-            query = (
-                select(Job, Image)
-                .join(Image, Image.id == Job.image_id)
-                .where(Job.state == "pending", (Job.not_before.is_(None)) | (Job.not_before <= now))
-                .order_by(Job.id)
-                .limit(1)
-            )
-            if root_key is not None:
-                query = query.where(Image.root_key == root_key)
-            if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=Job)
-            row = session.execute(query).first()
-            if row is None:
-                return None
-            job, image = row
-            job.state = "processing"
-            job.attempts += 1
-            job.lease_owner = owner
-            job.lease_expires_at = expires
-            job.started_at = now
-            job.updated_at = now
-            return ClaimedJob(
-                job_id=job.id,
-                image_id=image.id,
-                root_key=image.root_key,
-                rel_path=image.rel_path,
-                size=image.size,
-                mtime_ns=image.mtime_ns,
-                attempts=job.attempts,
-                lease_expires_at=expires,
-            )
+            return _jobs.claim(session, owner, now, expires, root_key)
 
     def extend_lease(
         self, job_id: int, owner: str, lease_seconds: float, now: datetime | None = None
@@ -379,11 +318,7 @@ class Store:
         """
         now = _now(now)
         with self._write() as session:
-            jobs = session.scalars(
-                select(Job)
-                .where(Job.state == "processing", Job.lease_expires_at < now)
-                .order_by(Job.id)
-            ).all()
+            jobs = _jobs.expired(session, now)
             for job in jobs:
                 _jobs.requeue_lost(session, job, None, max_attempts, actor, now)
             return len(jobs)
@@ -432,12 +367,7 @@ class Store:
         """
         now = _now(now)
         with self._write() as session:
-            held = session.scalars(
-                select(Job).where(Job.state == "processing").order_by(Job.id)
-            ).all()
-            owners = {j.lease_owner for j in held if (j.lease_owner or "").startswith(owner_prefix)}
-            gone = {o for o in owners if o is not None and (alive is None or not alive(o))}
-            jobs = [j for j in held if j.lease_owner in gone]
+            jobs = _jobs.orphaned(session, owner_prefix, alive)
             for job in jobs:
                 _jobs.requeue_lost(session, job, "owner-gone", max_attempts, actor, now)
             return len(jobs)
@@ -487,25 +417,7 @@ class Store:
         now = _now(now)
         with self._write() as session:
             job = _jobs.held_job(session, job_id, owner)
-            if session.get(Prediction, of_prediction_id) is None:
-                raise NotFoundError(f"prediction {of_prediction_id}: no such prediction")
-            image = session.get(Image, job.image_id)
-            assert image is not None
-            image.sha256 = sha256
-            job.state = "duplicate"
-            job.prediction_id = of_prediction_id
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.finished_at = now
-            job.updated_at = now
-            audit.append_event(
-                session,
-                "image.duplicate",
-                image.id,
-                {"job_id": job.id, "sha256": sha256, "of_prediction_id": of_prediction_id},
-                actor or owner,
-                now,
-            )
+            _jobs.close_duplicate(session, job, sha256, of_prediction_id, actor or owner, now)
 
     def fail_job(
         self,
@@ -524,33 +436,8 @@ class Store:
         actor = actor or owner
         with self._write() as session:
             job = _jobs.held_job(session, job_id, owner)
-            job.error_class = error_class
-            job.error_message = message
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.updated_at = now
-            if retry_after_seconds is not None and job.attempts < max_attempts:
-                job.state = "pending"
-                job.not_before = now + timedelta(seconds=retry_after_seconds)
-                audit.append_event(
-                    session,
-                    "job.retry_scheduled",
-                    job.image_id,
-                    {
-                        "job_id": job.id,
-                        "attempts": job.attempts,
-                        "error_class": error_class,
-                        "not_before": job.not_before.isoformat(),
-                    },
-                    actor,
-                    now,
-                )
-                return FailOutcome(
-                    state="pending", attempts=job.attempts, not_before=job.not_before, alert_id=None
-                )
-            alert_id = _jobs.fail_final(session, job, error_class, message, actor, now)
-            return FailOutcome(
-                state="failed", attempts=job.attempts, not_before=None, alert_id=alert_id
+            return _jobs.fail_or_retry(
+                session, job, error_class, message, retry_after_seconds, max_attempts, actor, now
             )
 
     # --- alerts, audit, heartbeat ---------------------------------------------------
