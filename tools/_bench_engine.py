@@ -211,6 +211,7 @@ def measure_gradcam(model: Any, backend: Any, tiles: torch.Tensor, device: torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     module = copy.deepcopy(model.torch_module()).to(device).eval()
+    twin = copy.deepcopy(module)
     layer = module.features
     targets = [ClassifierOutputTarget(TUMOUR)]
     mw_total, mw_forward, mw_cam, pgc_total, corr, max_diff = [], [], [], [], [], []
@@ -239,9 +240,10 @@ def measure_gradcam(model: Any, backend: Any, tiles: torch.Tensor, device: torch
                 # A constant map (all zero after ReLU: common with random weights) has no
                 # correlation; compare the other class's maps on the same tile instead.
                 other = 1 - TUMOUR
-                with torch.inference_mode():
-                    _, feature_map = module.forward_features(tile.to(device))
-                ours_other = class_activation_maps(feature_map, module.classifier.weight[other])
+                with torch.no_grad():  # the unhooked twin: GradCAM's hooks stay out of it
+                    _, feature_map = twin.forward_features(tile.to(device))
+                    ours_other = class_activation_maps(feature_map,
+                                                       twin.classifier.weight[other])
                 theirs_other = cam(input_tensor=tile_dev,
                                    targets=[ClassifierOutputTarget(other)])[0]
                 pair = _compare(ours_other[0].cpu(), theirs_other)
