@@ -1,11 +1,18 @@
 """From an image file to an assessment: ``prepare`` -> backend ``infer`` -> ``finish``.
 
-``prepare`` reads and checks the file (engine.reader), builds an overview at heatmap
-scale for the tissue mask and the preview, and cuts the tissue tiles at the model's
-micrometres per pixel, normalised as the model card says. ``finish`` turns one
-:class:`~marginwatch.engine.inference.Inference` per tile into the image decision,
-the driving tile and a heatmap in source space. The daemon batches the tiles of
-several images between the two; :func:`assess` runs the three in a row.
+``prepare`` opens and checks the file (engine.reader; its SHA-256 is computed while it
+is read), builds an overview at heatmap scale for the tissue mask and the preview, and
+plans the tissue tiles at the model's micrometres per pixel. It does not cut them: the
+returned :class:`PreparedImage` keeps the file open and reads tiles on demand,
+``iter_tiles(chunk)`` yielding bounded ``(n, 3, S, S)`` uint8 RGB chunks, so a
+20,000 px mosaic never holds more than one chunk of its 529 tiles in memory. The
+backend normalises them on its device (engine.normalisation). The file is closed after
+the last chunk, by ``close()`` / the context manager, or when the image is collected.
+
+``finish`` turns the joined :class:`~marginwatch.engine.inference.Inference` (small:
+logits, probabilities and CAMs at feature-map resolution) into the image decision, the
+driving tile and a heatmap in source space. The daemon batches the tiles of several
+images between the two; :func:`assess` runs the three in a row, a chunk at a time.
 
 Axis order at the boundaries: source arrays (H, W, C); tiles (T, 3, H, W); heatmap and
 overview (H / scale, W / scale).
@@ -17,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._tile_reader import TileReader
 from .aggregation import aggregate
-from .card import DeviceProfile
+from .card import DeviceProfile, Normalisation
 from .config import Config, EngineConfig
 from .errors import InputError, NoTissueError
 from .inference import Inference
 from .model import Model
+from .normalisation import normalise_tiles
 from .profiles import (
-    background_rgb,
     check_channels,
     intensity_high,
     nuclear_signal,
@@ -57,10 +66,17 @@ class TileResult:
 
 @dataclass(eq=False)
 class PreparedImage:
-    """An image read, checked and tiled; ``tiles`` (T, 3, H, W) normalised float32."""
+    """An image read, checked and planned; its tiles are read on demand.
+
+    ``iter_tiles(chunk)`` yields the tiles in plan order as ``(n, 3, S, S)`` uint8 RGB
+    chunks of at most ``chunk`` tiles, reading their regions from the still-open file,
+    and closes the file after the last one (one pass). ``tiles`` materialises them all
+    at once, normalised float32 ``(T, 3, S, S)`` as the network takes them: meant for
+    small images (tests, tools); a large mosaic should be streamed. Use as a context
+    manager (or call ``close()``) when the tiles may not all be read.
+    """
 
     path: str
-    tiles: torch.Tensor
     boxes: list[Box]
     footprints: list[Box]  # the boxes before clipping: what each (padded) tile covers
     tissue_fractions: list[float]
@@ -73,8 +89,60 @@ class PreparedImage:
     tile_px: int  # tile side in source pixels
     heatmap_scale: int  # source pixels per heatmap / preview pixel
     preview_rgb: np.ndarray  # (H / scale, W / scale, 3) uint8 digital H&E
+    tile_size: int = 0  # S: the model's input side in pixels
+    normalisation: Normalisation = field(default_factory=Normalisation)
     level: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    _reader: TileReader | None = field(default=None, repr=False)
+    _rgb: torch.Tensor | None = field(default=None, repr=False)  # all tiles, once materialised
+    _consumed: bool = field(default=False, repr=False)
+
+    def __len__(self) -> int:
+        """Number of tiles."""
+        return len(self.boxes)
+
+    def iter_tiles(self, chunk: int) -> Iterator[torch.Tensor]:
+        """(n <= chunk, 3, S, S) uint8 RGB tiles in plan order; closes the file at the end."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 tile; got {chunk}")
+        if self._rgb is not None:
+            yield from self._rgb.split(chunk)
+            return
+        reader = self._reader
+        if reader is None or reader.closed or self._consumed:
+            raise InputError(
+                f"{self.path}: its tiles were already read or the image was closed; "
+                "prepare it again"
+            )
+        self._consumed = True
+        try:
+            for start in range(0, len(self.boxes), chunk):
+                yield reader.read(start, min(len(self.boxes), start + chunk), self.timings)
+        finally:
+            self.close()
+
+    @property
+    def tiles(self) -> torch.Tensor:
+        """Every tile at once, normalised float32 (T, 3, S, S): for small images only.
+
+        Holds all tiles in memory (as uint8, plus the float copy returned); a large
+        mosaic should go through :meth:`iter_tiles` instead.
+        """
+        if self._rgb is None:
+            self._rgb = torch.cat(list(self.iter_tiles(64)))
+        return normalise_tiles(self._rgb, self.normalisation)
+
+    def close(self) -> None:
+        """Release the image file (idempotent; tiles already materialised stay)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def __enter__(self) -> PreparedImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(eq=False)
@@ -130,7 +198,7 @@ def _profile(model: Model, engine: EngineConfig) -> DeviceProfile:
 def prepare(
     image_path: str | os.PathLike[str], model: Model, config: Config | EngineConfig | None = None
 ) -> PreparedImage:
-    """Read, check and tile one image (see the module docstring)."""
+    """Read, check and plan the tiles of one image; they are read later (module docstring)."""
     engine = _engine(config)
     card = model.card
     profile = _profile(model, engine)
@@ -142,59 +210,66 @@ def prepare(
         region_read_min_pixels=engine.region_read_min_pixels,
         target_um_per_px=card.um_per_px,
     )
-    with source:
-        info = source.info
-        height, width, channels = info.shape
-        check_channels(channels, profile, where=str(image_path))
-        um, um_source = _pixel_size(
-            info.um_per_px, info.um_per_px_source, engine, profile, card.um_per_px
-        )
-        factor = max(1, math.ceil(max(height, width) / engine.heatmap_max_side_px))
-        overview = source.overview(factor)  # (h, w, C) float32, raw intensities
-        high = intensity_high(overview, profile, info.dtype)
-        read_seconds = time.perf_counter() - started
-
-        started = time.perf_counter()
-        signal = nuclear_signal(scale_intensities(overview, high), profile)
-        # a flat image is tissue if its signal is high in absolute terms (dtype range)
-        absolute = nuclear_signal(
-            scale_intensities(overview, _dtype_range(info.dtype, channels)), profile
-        )
-        mask = tissue_mask(signal, flat_is_tissue=float(absolute.mean()) > 0.1)
-        preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
-        tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
-        plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
-        kept = []
-        for footprint in plan.footprints:
-            fraction = tissue_fraction(mask, plan.clip(footprint), factor)
-            if fraction >= engine.min_tissue_fraction:
-                kept.append((footprint, fraction))
-        if not kept:
-            raise NoTissueError(
-                f"{image_path}: no tile of {len(plan.footprints)} holds tissue "
-                f"(engine.min_tissue_fraction={engine.min_tissue_fraction}); not assessed"
-            )
-        size = card.input_size_px
-        tiles = torch.empty((len(kept), 3, size, size), dtype=torch.float32)
-        fill = torch.from_numpy(background_rgb(profile))
-        mean = torch.tensor(card.normalisation.mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(card.normalisation.std, dtype=torch.float32)[:, None, None]
-        for index, (footprint, _) in enumerate(kept):
-            x0, y0, x1, y1 = plan.clip(footprint)
-            region = source.read_region(y0, x0, y1, x1)
-            tiles[index] = _tile(region, profile, high, tile_px, size, fill)
-        tiles.sub_(mean).div_(std)
+    try:
+        prepared = _plan(source, image_path, model, engine, profile, started)
+    except BaseException:
+        source.close()
+        raise
     logger.debug(
-        "prepared %d of %d tiles (%d source px, level %d)",
-        len(kept),
-        len(plan.footprints),
-        tile_px,
-        info.level,
+        "planned %d tiles (%d source px, level %d)",
+        len(prepared.boxes),
+        prepared.tile_px,
+        prepared.level,
     )
+    return prepared
+
+
+def _plan(
+    source: Any,
+    image_path: str | os.PathLike[str],
+    model: Model,
+    engine: EngineConfig,
+    profile: DeviceProfile,
+    started: float,
+) -> PreparedImage:
+    """Overview, tissue mask and tile plan; the returned image owns ``source``."""
+    card = model.card
+    info = source.info
+    height, width, channels = info.shape
+    check_channels(channels, profile, where=str(image_path))
+    um, um_source = _pixel_size(
+        info.um_per_px, info.um_per_px_source, engine, profile, card.um_per_px
+    )
+    factor = max(1, math.ceil(max(height, width) / engine.heatmap_max_side_px))
+    overview = source.overview(factor)  # (h, w, C) float32, raw intensities
+    high = intensity_high(overview, profile, info.dtype)
+    read_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    signal = nuclear_signal(scale_intensities(overview, high), profile)
+    # a flat image is tissue if its signal is high in absolute terms (dtype range)
+    absolute = nuclear_signal(
+        scale_intensities(overview, _dtype_range(info.dtype, channels)), profile
+    )
+    mask = tissue_mask(signal, flat_is_tissue=float(absolute.mean()) > 0.1)
+    preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
+    tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
+    plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
+    kept = []
+    for footprint in plan.footprints:
+        fraction = tissue_fraction(mask, plan.clip(footprint), factor)
+        if fraction >= engine.min_tissue_fraction:
+            kept.append((footprint, fraction))
+    if not kept:
+        raise NoTissueError(
+            f"{image_path}: no tile of {len(plan.footprints)} holds tissue "
+            f"(engine.min_tissue_fraction={engine.min_tissue_fraction}); not assessed"
+        )
+    boxes = [plan.clip(f) for f, _ in kept]
+    size = card.input_size_px
     return PreparedImage(
         path=str(image_path),
-        tiles=tiles,
-        boxes=[plan.clip(f) for f, _ in kept],
+        boxes=boxes,
         footprints=[f for f, _ in kept],
         tissue_fractions=[fr for _, fr in kept],
         sha256=info.sha256,
@@ -206,8 +281,11 @@ def prepare(
         tile_px=tile_px,
         heatmap_scale=factor,
         preview_rgb=preview,
+        tile_size=size,
+        normalisation=card.normalisation,
         level=info.level,
         timings={"read": read_seconds, "preprocess": time.perf_counter() - started},
+        _reader=TileReader(source, boxes, profile, high, tile_px, size),
     )
 
 
@@ -230,34 +308,6 @@ def _pixel_size(
     if engine.default_um_per_px is not None:
         return engine.default_um_per_px, "config"
     return profile.default_um_per_px or model_um, "profile-default"
-
-
-def _tile(
-    region: np.ndarray,
-    profile: DeviceProfile,
-    high: np.ndarray,
-    tile_px: int,
-    size: int,
-    fill: torch.Tensor,
-) -> torch.Tensor:
-    """(h, w, C) raw region -> (3, size, size) RGB in [0, 1], resampled and padded."""
-    rgb = torch.from_numpy(to_rgb(region, profile, high=high)).permute(2, 0, 1)  # HWC -> CHW
-    height, width = region.shape[:2]
-    out_h = min(size, max(1, round(height * size / tile_px)))
-    out_w = min(size, max(1, round(width * size / tile_px)))
-    if (out_h, out_w) != (height, width):
-        rgb = F.interpolate(
-            rgb[None],
-            size=(out_h, out_w),
-            mode="bilinear",
-            align_corners=False,
-            antialias=out_h < height,
-        )[0]
-    if (out_h, out_w) == (size, size):
-        return rgb
-    canvas = fill[:, None, None].expand(3, size, size).clone()  # pad bottom/right
-    canvas[:, :out_h, :out_w] = rgb
-    return canvas
 
 
 def finish(
@@ -356,9 +406,17 @@ def stitch_heatmap(
     return np.clip(out, 0.0, 1.0)
 
 
-def infer_tiles(backend: Any, tiles: torch.Tensor, batch_size: int) -> Inference:
-    """Run ``backend.infer`` over ``tiles`` (T, 3, H, W) in batches; one joined Inference."""
-    parts = [backend.infer(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+def infer_tiles(backend: Any, tiles: Any, batch_size: int) -> Inference:
+    """Run ``backend.infer`` over tiles in batches of ``batch_size``; one joined Inference.
+
+    ``tiles`` is a :class:`PreparedImage` (streamed: one chunk in memory at a time) or a
+    tensor (T, 3, H, W), uint8 RGB or normalised float.
+    """
+    if isinstance(tiles, PreparedImage):
+        with tiles:
+            parts = [backend.infer(chunk) for chunk in tiles.iter_tiles(batch_size)]
+    else:
+        parts = [backend.infer(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
     return Inference.concat(parts)
 
 
@@ -368,12 +426,12 @@ def assess(
     config: Config | EngineConfig | None = None,
     backend: Any = None,
 ) -> Assessment:
-    """``prepare`` + ``backend.infer`` (batches of engine.batch_size) + ``finish``."""
+    """``prepare`` + ``backend.infer`` (streamed, chunks of engine.batch_size) + ``finish``."""
     engine = _engine(config)
     if backend is None:
         from .backends import select_backend
 
         backend = select_backend(model, engine)
     prepared = prepare(image_path, model, engine)
-    inference = infer_tiles(backend, prepared.tiles, engine.batch_size)
+    inference = infer_tiles(backend, prepared, engine.batch_size)
     return finish(prepared, inference, model, engine, backend=backend)

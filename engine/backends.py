@@ -4,6 +4,12 @@
 :func:`~marginwatch.engine.inference.make_inference`); a subclass implements only
 ``_forward(batch) -> (logits (N, 2), feature_map (N, K, h, w))``.
 
+Tiles may arrive as uint8 RGB ``(N, 3, H, W)``: the base class moves them to the
+backend's input device (pinned and asynchronous on CUDA: a quarter of float32's
+traffic) and normalises them there as the model card says, so every ``_forward`` (the
+ONNX graph and TensorRT engine included) still receives normalised float32. Float
+batches are taken as normalised already and passed through as before.
+
 Backends register themselves by name (:func:`register_backend`). ``torch-cpu`` and
 ``torch-cuda`` live here; ``engine/tensorrt_backend.py`` (a later issue) registers
 ``tensorrt`` when imported, and :func:`select_backend` imports it when it exists.
@@ -28,6 +34,7 @@ from .config import Config, EngineConfig
 from .errors import BackendError
 from .inference import Inference, make_inference
 from .model import Model
+from .normalisation import normalise_tiles
 
 __all__ = [
     "Backend",
@@ -55,6 +62,7 @@ class Backend(abc.ABC):
         self.config = config
         self.device: str = "cpu"
         self.precision: str = "fp32"
+        self._input_device = torch.device("cpu")  # where uint8 tiles are normalised
         self._class_weight = model.tumour_weight().float()
 
     @abc.abstractmethod
@@ -68,7 +76,7 @@ class Backend(abc.ABC):
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                logits, feature_map = self._forward(batch)
+                logits, feature_map = self._forward(self._normalised(batch))
                 if logits.is_cuda:
                     torch.cuda.synchronize(logits.device)
                 forward_seconds = time.perf_counter() - started
@@ -87,6 +95,16 @@ class Backend(abc.ABC):
                 f"{self.name}: out of GPU memory on a batch of {batch.shape[0]} tiles; "
                 "lower engine.batch_size"
             ) from exc
+
+    def _normalised(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB tiles -> normalised float32 on the input device; float unchanged."""
+        if batch.dtype != torch.uint8:
+            return batch
+        if self._input_device.type == "cuda":
+            if not batch.is_cuda and not batch.is_pinned():
+                batch = batch.pin_memory()
+            batch = batch.to(self._input_device, non_blocking=True)
+        return normalise_tiles(batch, self.model.card.normalisation)
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.precision})"
@@ -119,6 +137,7 @@ class TorchCUDABackend(Backend):
         if not torch.cuda.is_available():
             raise BackendError("torch-cuda: no CUDA GPU is available to torch")
         self._device = torch.device("cuda")
+        self._input_device = self._device
         module = copy.deepcopy(model.torch_module())
         self._module = module.to(self._device, memory_format=torch.channels_last).eval()
         self.device = torch.cuda.get_device_name(self._device)

@@ -31,6 +31,7 @@ from ._backbones import MarginNet, build_network
 from .card import ARCHITECTURES, CARD_FILENAME, WEIGHTS_FILENAME, ModelCard, read_card
 from .errors import ModelCardError, ModelError
 from .inference import TUMOUR, Inference, make_inference
+from .normalisation import normalise_tiles
 
 __all__ = ["Model", "artefact_digest", "build_model", "load_model"]
 
@@ -110,10 +111,15 @@ class Model:
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> Inference:
-        """Normalised float batch (N, 3, H, W) -> :class:`Inference` (module's device, fp32)."""
+        """(N, 3, H, W) batch -> :class:`Inference` (module's device, fp32).
+
+        The batch is normalised float, or uint8 RGB that is normalised here as the card
+        says (engine.normalisation), exactly as the backends do.
+        """
         module = self.torch_module()
         started = time.perf_counter()
-        logits, feature_map = module.forward_features(batch.to(self.device, torch.float32))
+        batch = normalise_tiles(batch.to(self.device), self._card.normalisation)
+        logits, feature_map = module.forward_features(batch.to(torch.float32))
         return make_inference(
             logits,
             feature_map,

@@ -253,6 +253,7 @@ class TensorRTBackend(Backend):
             raise BackendError(f"tensorrt: {reason}")
         trt = _import_tensorrt()
         self._device = torch.device("cuda", torch.cuda.current_device())
+        self._input_device = self._device  # uint8 tiles are normalised on the GPU (base class)
         self._log = MessageLog()
         self._trt_logger = _capturing_logger(trt, self._log)  # must outlive runtime and engine
         self._runtime = trt.Runtime(self._trt_logger)

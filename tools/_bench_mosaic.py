@@ -55,21 +55,25 @@ def _child(argv: list[str]) -> int:
     backend.infer(torch.zeros(min(2, args.batch_size), 3, size, size))  # warm-up, not timed
     rss_before = _vm("VmRSS")
     started = time.perf_counter()
-    prepared = prepare(args.image, model, config)
+    prepared = prepare(args.image, model, config)  # the plan; tiles are read as they stream
     prepared_at = time.perf_counter()
     rss_prepared = _vm("VmRSS")
     progress = Path(args.out).with_suffix(".progress.json")
-    total_tiles = int(prepared.tiles.shape[0])
+    total_tiles = len(prepared.boxes)
+    chunk_mib = config.batch_size * 3 * size * size / 2**20  # one uint8 chunk in flight
     parts = []
-    for start in range(0, total_tiles, config.batch_size):  # what infer_tiles does, + progress
-        parts.append(backend.infer(prepared.tiles[start : start + config.batch_size]))
-        done = min(total_tiles, start + config.batch_size)
-        progress.write_text(json.dumps({
-            "tiles": total_tiles, "tiles_inferred": done, "prepare_seconds": prepared_at - started,
-            "infer_seconds": time.perf_counter() - prepared_at,
-            "rss_after_prepare_mib": (rss_prepared or 0) / 1024,
-            "tiles_tensor_mib": prepared.tiles.numel() * prepared.tiles.element_size() / 2**20,
-        }), encoding="utf-8")
+    done = 0
+    with prepared:  # what infer_tiles does, + progress
+        for chunk in prepared.iter_tiles(config.batch_size):
+            parts.append(backend.infer(chunk))
+            done += int(chunk.shape[0])
+            progress.write_text(json.dumps({
+                "tiles": total_tiles, "tiles_inferred": done,
+                "prepare_seconds": prepared_at - started,
+                "infer_seconds": time.perf_counter() - prepared_at,
+                "rss_after_prepare_mib": (rss_prepared or 0) / 1024,
+                "tiles_tensor_mib": chunk_mib,
+            }), encoding="utf-8")
     inference = Inference.concat(parts)
     assessment = finish(prepared, inference, model, config, backend=backend)
     total = time.perf_counter() - started
@@ -79,10 +83,10 @@ def _child(argv: list[str]) -> int:
         "tiles": tiles,
         "tile_px": prepared.tile_px,
         "total_seconds": total,
-        "prepare_seconds": prepared_at - started,
+        "prepare_seconds": prepared_at - started,  # plan only (tiles read while streaming)
         "tiles_per_second": tiles / total if total > 0 else None,
         "stages": assessment.timings,
-        "tiles_tensor_mib": prepared.tiles.numel() * prepared.tiles.element_size() / 2**20,
+        "tiles_tensor_mib": chunk_mib,  # streamed: one chunk of uint8 tiles at a time
         "rss_before_mib": (rss_before or 0) / 1024,
         "rss_after_prepare_mib": (rss_prepared or 0) / 1024,
         "vm_hwm_mib": (_vm("VmHWM") or 0) / 1024,

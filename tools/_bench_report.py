@@ -153,7 +153,7 @@ def print_report(report: dict[str, Any], console: Any) -> None:
                             ("prepare s", "prepare_seconds", ".1f"),
                             ("tiles/s", "tiles_per_second", ".2f"),
                             ("peak RSS MiB (wait4)", "peak_rss_mib", ".0f"),
-                            ("tiles tensor MiB", "tiles_tensor_mib", ".0f"),
+                            ("tiles in memory MiB", "tiles_tensor_mib", ".0f"),
                             ("file MiB", "file_mib", ".0f"),
                             ("mosaic generation s (0 if cached)", "generate_seconds", ".1f")):
         if mo.get(key) is not None:
