@@ -4,18 +4,25 @@
 
     main loop --claim_job--> reader queue --> reader threads (``workers``)
                                                  | safe open, engine.prepare (read, check,
-                                                 | tile, SHA-256), early duplicate check
-                                                 v
+                                                 | plan tiles, SHA-256), early duplicate
+                                                 | check, then the tiles chunk by chunk
+                                                 v (blocks while the batcher is full)
                                          TileBatcher (one thread): tiles of several
-                                         images per backend call, <= max_batch_wait_ms
+                                         images per backend call; waits for company
+                                         <= max_batch_wait_ms, and only when another
+                                         image is queued or being read
                                                  v
                               finisher queue --> finisher thread: engine.finish (CAM,
                                                  aggregate) and ONE store call per job:
                                                  finish_job | mark_duplicate | fail_job
 
 Reading and preprocessing of the next images overlap with inference of the current
-batch. The finisher is the only thread that writes a job's outcome, so two copies of
-the same bytes in flight at once end as one assessment and one ``duplicate``.
+batch. Tiles stream as uint8 chunks of ``max_batch_tiles`` with bounded buffering, so
+memory does not grow with the size of an image; the image file is open only while its
+tiles are read (the reader closes it on every path).
+
+The finisher is the only thread that writes a job's outcome, so two copies of the same
+bytes in flight at once end as one assessment and one ``duplicate``.
 
 Every failure becomes a ``fail_job`` with a reason a person can act on; the store
 retries it after ``retry_delay_seconds`` or, after ``max_attempts`` (or at once, for
@@ -159,6 +166,7 @@ class Pipeline:
         self._finish_q: queue.Queue[tuple[str, _Work, Any] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._in_flight: dict[int, _Work] = {}
+        self._upstream = 0  # submitted jobs not yet handed to the batcher or finisher
         self._closing = threading.Event()
         self.counts: Counter[str] = Counter()
         self._readers = [
@@ -170,6 +178,7 @@ class Pipeline:
             self._on_inferred,
             max_batch_tiles=max_batch_tiles,
             max_batch_wait_ms=max_batch_wait_ms,
+            upstream=self._upstream_count,
         )
         self._finisher = threading.Thread(target=self._finish_loop, name="mw-finisher", daemon=True)
 
@@ -189,7 +198,18 @@ class Pipeline:
         work = _Work(job)
         with self._lock:
             self._in_flight[job.job_id] = work
+            self._upstream += 1
         self._reader_q.put(work)
+
+    def _upstream_count(self) -> int:
+        with self._lock:
+            return self._upstream
+
+    def _left_reader(self) -> None:
+        """A job reached the batcher or the finisher: the batcher need not wait for it."""
+        with self._lock:
+            self._upstream -= 1
+        self._batcher.poke()
 
     def in_flight(self) -> int:
         with self._lock:
@@ -242,26 +262,52 @@ class Pipeline:
             work = self._reader_q.get()
             if work is None or self._closing.is_set():
                 return
-            job = work.job
-            abs_path = os.path.join(self._root, job.rel_path)
+            handed_over = False
             try:
-                path = resolve_inside(self._root, job.rel_path)
-                prepared = self._engine.prepare(path)
-            except Exception as exc:  # every failure is recorded by the finisher
-                self._finish_q.put(("fail", work, (exc, abs_path)))
-                continue
+                handed_over = self._read_one(work)
+            finally:
+                if not handed_over:
+                    self._left_reader()
+
+    def _read_one(self, work: _Work) -> bool:
+        """Prepare one job and stream its tiles; True once it reached the batcher/finisher.
+
+        The image file is closed before this returns, on every path.
+        """
+        job = work.job
+        abs_path = os.path.join(self._root, job.rel_path)
+        try:
+            path = resolve_inside(self._root, job.rel_path)
+            prepared = self._engine.prepare(path)
+        except Exception as exc:  # every failure is recorded by the finisher
+            self._finish_q.put(("fail", work, (exc, abs_path)))
+            return False
+        with prepared:  # closes the file however this ends
             work.prepared = prepared
             try:
                 earlier = self._store.find_assessment(prepared.sha256, self._model_id)
             except Exception as exc:
                 self._finish_q.put(("fail", work, (exc, abs_path)))
-                continue
+                return False
             if earlier is not None:
                 self._finish_q.put(("duplicate", work, earlier))
-            elif int(prepared.tiles.shape[0]) == 0:
+                return False
+            if len(prepared.boxes) == 0:
                 self._finish_q.put(("assess", work, None))
-            else:
-                self._batcher.submit(work, prepared.tiles)
+                return False
+            ticket = self._batcher.open(work, len(prepared.boxes))
+            self._left_reader()
+            chunks = prepared.iter_tiles(max(1, self._batcher.max_batch_tiles))
+            try:
+                for chunk in chunks:
+                    if not self._batcher.feed(ticket, chunk):
+                        break  # failed in an earlier batch (reported), or stopping
+            except Exception as exc:  # a read error part-way through the image
+                if self._batcher.cancel(ticket):
+                    self._finish_q.put(("fail", work, (exc, abs_path)))
+            finally:
+                chunks.close()
+            return True
 
     def _on_inferred(self, work: _Work, inference: Any, exc: BaseException | None) -> None:
         if exc is not None:

@@ -5,8 +5,10 @@ stays responsive (signals, WATCHDOG=1):
 
 - drain watchdog sightings into the :class:`ReadinessTracker`; new folders are scanned;
 - advance the reconcile scan (at start and every ``rescan_seconds``) a slice at a time;
-- every ``poll_interval_seconds``: poll the tracker; each ready file is recorded durably
-  as a pending job (``Store.record_discovery``; the same path+size+mtime never twice);
+- every ``poll_interval_seconds``, and ``settle_seconds`` after a close-after-write or
+  move-in event (so such a file is taken when it has settled, not at the next tick):
+  poll the tracker; each ready file is recorded durably as a pending job
+  (``Store.record_discovery``; the same path+size+mtime never twice);
 - claim jobs (leases) while the :class:`Pipeline` has room; extend the leases of jobs in
   flight; put expired leases of dead workers back (``requeue_expired``);
 - heartbeat row + ``STATUS=`` every ``heartbeat_seconds``; ``WATCHDOG=1`` when asked.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import math
 import os
 import queue
 import signal
@@ -141,6 +144,7 @@ class Service:
             max_batch_wait_ms=d.max_batch_wait_ms,
         )
         self._scans: list[Iterator[str]] = []
+        self._triggered_poll_at = math.inf  # a close/move-in event: poll when it has settled
         self._known: set[tuple[str, int, int]] = set()
         self.recorded = 0
         self.claimed = 0
@@ -195,7 +199,8 @@ class Service:
             try:
                 self._drain_sightings()
                 self._step_scans()
-                if now >= next_poll:
+                if now >= next_poll or self._clock() >= self._triggered_poll_at:
+                    self._triggered_poll_at = math.inf
                     self._record_ready()
                     next_poll = now + d.poll_interval_seconds
                 if now >= next_rescan:
@@ -264,6 +269,9 @@ class Service:
             self._scans.append(scan_folder(self.root, self._filter, under=sighting.rel_path))
         else:
             self.tracker.note(sighting.kind, sighting.rel_path)
+            if sighting.kind in ("closed", "moved_in"):
+                due = self._clock() + self.tracker.settle_seconds
+                self._triggered_poll_at = min(self._triggered_poll_at, due)
 
     def _drain_sightings(self) -> None:
         for _ in range(SIGHTINGS_SLICE):
