@@ -206,6 +206,42 @@ class _Trainer:
             out.append(network(batch).float().cpu())
         return torch.cat(out)
 
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, batches: int = 8) -> None:
+        """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
+
+        The running averages of a network trained from scratch lag far behind its
+        weights for the first hundreds of steps (they start at mean 0, variance 1), and
+        in eval mode that lag can collapse every input to the same output. Before each
+        validation the statistics are reset and averaged over ``batches`` batches of
+        un-augmented training tiles (a seeded draw per epoch), so evaluation, temperature
+        scaling and the saved model use statistics that match the weights.
+        """
+        norms = [
+            m
+            for m in self.network.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        if not norms:
+            return
+        generator = torch.Generator().manual_seed(self.options.seed * 100_003 + self.epoch)
+        count = min(len(self.train_set.tiles), batches * self.options.batch_size)
+        chosen = torch.randperm(len(self.train_set.tiles), generator=generator)[:count]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        self.network.train()
+        for start in range(0, count, self.options.batch_size):
+            self.network(
+                self._normalise(
+                    self.train_set.tiles[chosen[start : start + self.options.batch_size]]
+                )
+            )
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        self.network.eval()
+
     def validate(self) -> tuple[float, np.ndarray]:
         logits = self.tile_logits(self.val_set)
         image_p, _ = aggregate_images(self.val_set, logits, 1.0, self.engine.aggregation)
@@ -416,6 +452,7 @@ def train(
                 break
             epoch_started = time.perf_counter()
             loss = trainer.train_epoch(bar, task)
+            trainer.recalibrate_batchnorm()
             auc, _ = trainer.validate()
             trainer.epoch += 1
             improved = not math.isnan(auc) and auc > trainer.best_auc
