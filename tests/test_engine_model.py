@@ -216,14 +216,18 @@ def test_backend_selection_and_plugin_registry(tiny_model_dir):
         def _forward(self, batch):  # noqa: ANN001, ANN202
             return self.model.torch_module().forward_features(batch)
 
+    from marginwatch.engine import backends
+
+    available_backends()  # load the real plugins first, so the registry is restored with them
+    before = dict(backends._REGISTRY)
     register_backend("tensorrt", Doubling)
     try:
         assert available_backends()["tensorrt"] is None
         assert select_backend(model, EngineConfig()).name == "tensorrt"
     finally:
-        from marginwatch.engine import backends
-
-        backends._REGISTRY.pop("tensorrt")
+        # put back what was registered (the real TensorRT plugin), not just remove ours
+        backends._REGISTRY.clear()
+        backends._REGISTRY.update(before)
 
 
 @pytest.mark.gpu
