@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ._memory import release_freed_memory
 from .config import Config, EngineConfig
 from .errors import BackendError
 from .inference import Inference, make_inference
@@ -80,7 +81,7 @@ class Backend(abc.ABC):
                 if logits.is_cuda:
                     torch.cuda.synchronize(logits.device)
                 forward_seconds = time.perf_counter() - started
-                return make_inference(
+                inference = make_inference(
                     logits,
                     feature_map,
                     self._class_weight,
@@ -90,11 +91,14 @@ class Backend(abc.ABC):
                     precision=self.precision,
                     forward_seconds=forward_seconds,
                 )
+                del logits, feature_map
         except torch.cuda.OutOfMemoryError as exc:
             raise BackendError(
                 f"{self.name}: out of GPU memory on a batch of {batch.shape[0]} tiles; "
                 "lower engine.batch_size"
             ) from exc
+        release_freed_memory()  # the activations just freed: keep resident memory flat
+        return inference
 
     def _normalised(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 RGB tiles -> normalised float32 on the input device; float unchanged."""
