@@ -4,19 +4,15 @@
     demo/state/marginwatch.db         embedded SQLite, fresh for each run
     demo/state/marginwatch.toml       the daemon's configuration
     demo/state/daemon.log             the daemon's log (image ids, never file names)
-    demo/state/model/                 the synthetic demo model, when models/demo is absent
 
-Steps: pick the model (``models/demo`` when the training developer's demo model is
-there; otherwise build a small random-weight ResNet-18 once, in a subprocess, marked
-``synthetic_demo``, with its threshold set so that roughly a third of synthetic scans
-alert); start the real daemon (``marginwatch run``) as a child process; run the
-simulated scanner; show the dashboard until Ctrl-C (or, with ``--duration``, for that
-long, then print a summary). Ctrl-C or SIGTERM stop the scanner, then the daemon
-(SIGTERM, then SIGKILL after a grace period); the daemon also gets SIGTERM if this
-process dies (``PR_SET_PDEATHSIG``), so no daemon is left behind.
+Steps: take the bundled synthetic demo model (``models/demo``, trained on synthetic
+scans only and marked ``synthetic_demo``); start the real daemon (``marginwatch run``)
+as a child process; run the simulated scanner; show the dashboard until Ctrl-C (or,
+with ``--duration``, for that long, then print a summary). Ctrl-C or SIGTERM stop the
+scanner, then the daemon (SIGTERM, then SIGKILL after a grace period); the daemon also
+gets SIGTERM if this process dies (``PR_SET_PDEATHSIG``), so no daemon is left behind.
 
-This process stays free of torch: the model is built by a subprocess and the daemon
-does the assessing.
+This process stays free of torch: the daemon does the assessing.
 """
 
 from __future__ import annotations
@@ -40,15 +36,11 @@ from marginwatch.engine.errors import DaemonError, MarginwatchError
 
 from ._scanner import SimulatedScanner
 
-__all__ = ["DemoSummary", "build_demo_model", "demo_root", "run_demo"]
+__all__ = ["DemoSummary", "demo_root", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_MODEL_ARCH = "resnet18"
-DEMO_INPUT_PX = 128
-DEMO_UM_PER_PX = 2.0  # 128 px at 2 um/px: a 256 um region; a 512 px scan gives 2 x 2 regions
 DEMO_SCAN_PX = 512
-ALERT_SHARE = 0.35  # random weights cannot tell tumour from benign: alert on about a third
 START_TIMEOUT_SECONDS = 120.0
 STOP_GRACE_SECONDS = 20.0
 
@@ -75,69 +67,14 @@ def demo_root() -> Path:
     return Path.cwd() / "demo"
 
 
-def _repo_model() -> Path | None:
+def _demo_model() -> Path:
+    """The bundled synthetic demo model (``models/demo``), or a clear error."""
     folder = Path(__file__).resolve().parents[1] / "models" / "demo"
-    return folder if (folder / "model.json").is_file() else None
-
-
-# --- the synthetic demo model (built in a subprocess: torch stays out of this one) ------
-
-
-def build_demo_model(folder: str | os.PathLike[str], calibration_images: int = 4) -> None:
-    """Save a small random-weight model, marked ``synthetic_demo``, to ``folder``.
-
-    Its weights are untrained, so its probabilities say nothing about tumour; the
-    threshold is placed so that about ``ALERT_SHARE`` of synthetic scans raise an alert,
-    which is what the demo needs to show the alert path. Stand-in until ``models/demo``
-    (trained on synthetic data by ``marginwatch train``) exists.
-    """
-    import numpy as np
-    from marginwatch import engine
-    from marginwatch.engine.config import load_config
-    from marginwatch.tools.synth import generate_image, write_image
-
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model = engine.build_model(
-        DEMO_MODEL_ARCH, input_size_px=DEMO_INPUT_PX, um_per_px=DEMO_UM_PER_PX,
-        synthetic_demo=True,
-        description=("SYNTHETIC DEMO MODEL with random (untrained) weights, built by "
-                     "`marginwatch demo` until models/demo exists; its outputs mean nothing"),
-    )
-    config = load_config(environ={})
-    config.engine.backend = "torch-cpu"
-    config.engine.precision = "fp32"
-    backend = engine.select_backend(model, config.engine)
-    rng = np.random.default_rng(7)
-    probabilities = []
-    scratch = partial / "calibration"
-    for i in range(calibration_images):
-        path = write_image(scratch / f"{i}.tif",
-                           generate_image(rng, ("benign", "tumour")[i % 2], size_px=DEMO_SCAN_PX))
-        probabilities.append(engine.assess(path, model, config.engine, backend=backend).probability)
-    shutil.rmtree(scratch)
-    threshold = float(np.quantile(probabilities, 1.0 - ALERT_SHARE))
-    model.update_card(threshold=min(max(threshold, 1e-6), 1 - 1e-6))
-    model.save(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
-
-
-def _ensure_model(state: Path, echo: Callable[[str], Any]) -> Path:
-    found = _repo_model()
-    if found is not None:
-        return found
-    folder = state / "model"
-    if (folder / "model.json").is_file():
-        return folder
-    echo("building the synthetic demo model (random weights; once, ~10-30 s) ...")
-    code = (f"from marginwatch.daemon.demo import build_demo_model; "
-            f"build_demo_model({str(folder)!r})")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise DaemonError(f"could not build the synthetic demo model: "
-                          f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    if not (folder / "model.json").is_file():
+        raise DaemonError(
+            f"{folder}: the synthetic demo model is missing (no model.json); "
+            "run the demo from a marginwatch source checkout"
+        )
     return folder
 
 
@@ -339,7 +276,7 @@ def run_demo(
     state.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    model = _ensure_model(state, echo)
+    model = _demo_model()
     from marginwatch.engine.card import read_card
 
     card = read_card(model)
