@@ -460,7 +460,9 @@ def run_daemon(
     if not Path(d.watch_dir).is_dir():
         raise DaemonError(f"{d.watch_dir}: watch folder does not exist or is not a folder")
     if d.model_dir is None:
-        raise DaemonError("no model: pass --model DIR or set daemon.model_dir")
+        from marginwatch.engine.prediction import default_model_dir
+
+        d.model_dir = default_model_dir()  # the bundled synthetic demo model, or a clear error
     owner = _owner()
     from marginwatch.storage import Store
 

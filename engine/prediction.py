@@ -36,10 +36,16 @@ DEMO_NOTICE = (
 
 
 def default_model_dir(configured: Path | None = None) -> Path:
-    """``--model`` default: daemon.model_dir from the config, else ``<repo>/models/demo``."""
-    for candidate in (configured, DEMO_MODEL_DIR):
-        if candidate is not None and candidate.is_dir():
-            return candidate
+    """``--model`` default: daemon.model_dir from the config, else ``<repo>/models/demo``.
+
+    A configured folder is returned as it is, even when it is missing (loading it then
+    says so): a site model that went astray must never be replaced silently by the
+    synthetic demo model.
+    """
+    if configured is not None:
+        return Path(configured)
+    if DEMO_MODEL_DIR.is_dir():
+        return DEMO_MODEL_DIR
     raise ModelError(
         f"no model given and the bundled demo model {DEMO_MODEL_DIR} is not there; "
         "pass --model DIR (a folder with model.json and weights.safetensors)"

@@ -117,3 +117,12 @@ def test_predict_broken_model_folder(tmp_path, tiny_model_dir):
     assert "do not match architecture 'resnet50'" in result.stderr
     missing = _run(str(good), "--model", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "model folder not found" in missing.stderr
+
+
+def test_a_configured_model_folder_is_never_replaced_by_the_demo_model(tmp_path):  # noqa: ANN001
+    from marginwatch.engine.prediction import DEMO_MODEL_DIR, default_model_dir
+
+    missing = tmp_path / "site-model"
+    assert default_model_dir(missing) == missing  # loading it then fails, naming it
+    if DEMO_MODEL_DIR.is_dir():
+        assert default_model_dir(None) == DEMO_MODEL_DIR
