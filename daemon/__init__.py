@@ -9,8 +9,7 @@ starts without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from marginwatch.engine._exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "FolderObserver": "observer",
@@ -28,15 +27,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'marginwatch.daemon' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

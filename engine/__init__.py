@@ -6,8 +6,7 @@ that ``marginwatch.engine.errors`` and ``marginwatch.engine.config`` stay light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._exports import lazy_exports
 
 # name -> submodule that defines it; filled in as the engine grows.
 _EXPORTS: dict[str, str] = {
@@ -41,15 +40,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'marginwatch.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

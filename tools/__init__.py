@@ -8,8 +8,7 @@ importing one tool does not load the others (or torch, for the metrics).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from marginwatch.engine._exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "SynthImage": "synth",
@@ -26,15 +25,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'marginwatch.tools' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
