@@ -212,10 +212,10 @@ def audit_show(
             raise NotFoundError(
                 f"image {detail.row.image_id}: no heatmap recorded (state {detail.row.state})"
             )
-        from marginwatch.storage._heatmap import overlay_png
+        from marginwatch.engine.render import decode_heatmap_png, heatmap_overlay_png
 
         try:
-            cam.write_bytes(overlay_png(detail.heatmap_png))
+            cam.write_bytes(heatmap_overlay_png(decode_heatmap_png(detail.heatmap_png)))
         except OSError as exc:
             raise ConfigError(f"{cam}: cannot write the heatmap ({exc.strerror})") from exc
     if fmt == "json":

@@ -470,22 +470,6 @@ class Bell:
         return len(fresh)
 
 
-def frame_text(source: Source, width: int, height: int, *, colour: bool = False) -> str:
-    """One frame as text (``--once`` and tests)."""
-    console = Console(width=width, height=height, record=True, file=_Discard(),
-                      force_terminal=colour, color_system="truecolor" if colour else None)
-    console.print(render(source.snapshot(), width, height))
-    return console.export_text(styles=colour)
-
-
-class _Discard:
-    def write(self, _text: str) -> int:
-        return len(_text)
-
-    def flush(self) -> None:
-        pass
-
-
 def run_dashboard(
     *,
     db: str | None = None,

@@ -215,10 +215,6 @@ class Pipeline:
         with self._lock:
             return len(self._in_flight)
 
-    def is_in_flight(self, job_id: int) -> bool:
-        with self._lock:
-            return job_id in self._in_flight
-
     def in_flight_jobs(self) -> list[Any]:
         with self._lock:
             return [w.job for w in self._in_flight.values()]

@@ -96,9 +96,6 @@ class ReadinessTracker:
         if kind in ("closed", "moved_in"):
             track.trigger = sig
 
-    def forget(self, rel_path: str) -> None:
-        self._tracks.pop(rel_path, None)
-
     def poll(self) -> list[ReadyFile]:
         """Re-stat every tracked path; return (and stop tracking) the ready ones."""
         now = self._clock()

@@ -94,7 +94,7 @@ class AssessmentRecord:
         cls, assessment: Any, *, model_id: int, precision: str | None = None
     ) -> AssessmentRecord:
         """Build from an engine ``Assessment`` (duck-typed: storage imports no torch)."""
-        from ._heatmap import encode_heatmap
+        from marginwatch.engine.render import encode_heatmap_png  # numpy + Pillow, no torch
 
         heatmap = getattr(assessment, "heatmap", None)
         return cls(
@@ -117,7 +117,7 @@ class AssessmentRecord:
                 for t in assessment.tiles
             ),
             driving_tile=getattr(assessment, "driving_tile", None),
-            heatmap_png=None if heatmap is None else encode_heatmap(heatmap),
+            heatmap_png=None if heatmap is None else encode_heatmap_png(heatmap),
             heatmap_scale=(
                 None if heatmap is None else float(getattr(assessment, "heatmap_scale", 1.0))
             ),

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -586,8 +585,3 @@ def _finalise(
         seconds,
         stopped,
     )
-
-
-def remove_checkpoint(out: str | Path) -> None:
-    """Delete ``out/checkpoint`` (after a finished run, to keep only the artefact)."""
-    shutil.rmtree(Path(out) / "checkpoint", ignore_errors=True)
