@@ -1,8 +1,8 @@
 """torchvision backbones cut to ``features -> GAP -> dropout -> linear(2)``.
 
 Every architecture ends in the same head so that Grad-CAM is exact without a backward
-pass (DESIGN.md). Layers that a stock classifier has between its pooling and its last
-linear layer move before the pooling or go:
+pass (engine/inference.py). Layers that a stock classifier has between its pooling and
+its last linear layer move before the pooling or go:
 
 - resnet: ``avgpool -> fc``: nothing to move; features = stem + layer1..4.
 - efficientnet: ``avgpool -> dropout -> linear``: nothing to move.

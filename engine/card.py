@@ -1,6 +1,6 @@
 """The model card: ``model.json``, the half of a model artefact that is not weights.
 
-A checkpoint carries its own preprocessing (STYLE.md): micrometres per pixel, tile size,
+A checkpoint carries its own preprocessing: micrometres per pixel, tile size,
 device profile (channel mapping and staining constants), normalisation, class names,
 temperature and threshold. Training, evaluation, the daemon, ONNX and TensorRT read
 them from here. This module imports no torch, so storage and the dashboard can read a

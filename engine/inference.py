@@ -1,7 +1,7 @@
 """What one forward pass yields: logits, calibrated probabilities and exact Grad-CAMs.
 
-Grad-CAM without a backward pass (DESIGN.md). The head is GAP -> dropout -> linear, so
-for class ``c`` and a feature map ``A`` (K, h, w)::
+Grad-CAM without a backward pass (docs/architecture.md, Key decisions). The head is
+GAP -> dropout -> linear, so for class ``c`` and a feature map ``A`` (K, h, w)::
 
     y_c = sum_k w_ck * mean_ij A_k[i, j] + b_c
     dy_c / dA_k[i, j] = w_ck / (h * w)                      (the same at every position)

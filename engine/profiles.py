@@ -1,4 +1,4 @@
-"""Device profiles: how an export's channels become the model's RGB (DESIGN.md, Input devices).
+"""Device profiles: how an export's channels become the model's RGB (docs/architecture.md).
 
 - ``grey``: one fluorescence channel (Histolog, acridine orange) through a purple
   look-up: background white, signal towards haematoxylin purple.
