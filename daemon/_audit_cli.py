@@ -116,7 +116,10 @@ def _cell(value: Any) -> Any:
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
+    from marginwatch.engine.pathnames import display_path
+
     data = asdict(row)
+    data["rel_path"] = display_path(data["rel_path"])  # any bytes; one printable line
     return {name: data[name] for name in LIST_COLUMNS}
 
 
@@ -226,11 +229,13 @@ def audit_show(
 
 
 def _format_detail(d: Any, cam: Path | None) -> str:
+    from marginwatch.engine.pathnames import display_path
+
     r = d.row
     out = io.StringIO()
     w = out.write
     w(f"image {r.image_id}  (research use, not a medical device)\n")
-    w(f"  file          {d.root_key}:{r.rel_path}\n")
+    w(f"  file          {display_path(d.root_key)}:{display_path(r.rel_path)}\n")
     w(f"  size / mtime  {d.size} bytes, mtime_ns {d.mtime_ns}\n")
     w(f"  sha256        {r.sha256 or '-'}\n")
     w(f"  first seen    {_cell(r.first_seen)}\n")

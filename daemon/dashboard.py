@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from marginwatch.engine.errors import MarginwatchError
+from marginwatch.engine.pathnames import display_path
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.layout import Layout
@@ -221,6 +222,7 @@ def _clock_time(when: datetime, now: datetime) -> str:
 
 def _label(rel_path: str, width: int) -> str:
     """``case/image`` shortened from the left (the image name is the part people act on)."""
+    rel_path = display_path(rel_path)  # any bytes, newlines, escapes: one printable line
     if len(rel_path) <= width:
         return rel_path
     return "\u2026" + rel_path[-(width - 1):]
@@ -551,6 +553,6 @@ def run_ack(alert_id: int, *, by: str, note: str | None = None, db: str | None =
     with Store.open(url, busy_timeout_seconds=config.daemon.db_busy_timeout_seconds) as store:
         view = store.acknowledge(alert_id, by.strip(), note)
     when = view.acknowledged_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    echo(f"alert {view.id} ({view.kind}, {view.rel_path}) acknowledged by {view.acknowledged_by} "
-         f"at {when}")
+    echo(f"alert {view.id} ({view.kind}, {display_path(view.rel_path)}) acknowledged by "
+         f"{view.acknowledged_by} at {when}")
     return 0

@@ -48,11 +48,13 @@ from marginwatch.engine.errors import (
     ConflictError,
     ImageTooLargeError,
     InputError,
+    InvalidPixelsError,
     MarginwatchError,
     NotFoundError,
     UnreadableImageError,
     UnsupportedImageError,
 )
+from marginwatch.engine.pathnames import display_path
 
 from .batching import TileBatcher
 
@@ -86,6 +88,8 @@ _ADVICE: list[tuple[type[BaseException], str, bool]] = [
     (ImageTooLargeError, "export a smaller field of view, or raise engine.max_pixels", False),
     (UnsupportedImageError, "export a grey, two-channel or RGB TIFF/PNG from the scanner", False),
     (UnreadableImageError, "re-export the image from the scanner", True),
+    (InvalidPixelsError, "check the scanner's export settings; these pixel values are not "
+     "a usable image", False),
     (InputError, "re-export the image from the scanner", False),
     (FileNotFoundError, "the file was removed or renamed before it could be read", False),
     (PermissionError, "give the marginwatch service user read access to the export folder", True),
@@ -106,7 +110,8 @@ def describe_failure(exc: BaseException, abs_path: str, rel_path: str) -> tuple[
         text = f"{rel_path}: cannot read the file ({what})"
     else:
         text = str(exc).replace(abs_path, rel_path) or type(exc).__name__
-    return type(exc).__name__, f"{text}; {advice}", retry
+    # Any bytes, newlines or escapes in a name: one printable line.
+    return type(exc).__name__, display_path(f"{text}; {advice}"), retry
 
 
 def resolve_inside(root_real: str, rel_path: str) -> str:
@@ -261,6 +266,9 @@ class Pipeline:
             handed_over = False
             try:
                 handed_over = self._read_one(work)
+            except Exception as exc:  # noqa: BLE001 - one file never costs a reader thread
+                abs_path = os.path.join(self._root, work.job.rel_path)
+                self._finish_q.put(("fail", work, (exc, abs_path)))
             finally:
                 if not handed_over:
                     self._left_reader()

@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from marginwatch.engine.errors import (
     NotFoundError,
     StorageError,
 )
+from marginwatch.engine.pathnames import display_path
 
 from .observer import FolderObserver, PathFilter, Sighting, scan_folder
 from .pipeline import Pipeline, Settings
@@ -117,6 +119,13 @@ class Service:
     ) -> None:
         self.config = config
         self.root = os.path.realpath(watch_dir)
+        try:
+            self.root.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DaemonError(
+                f"{display_path(self.root)}: the watch folder's own path is not UTF-8; "
+                "rename it or watch a folder above it (names inside it may be anything)"
+            ) from exc
         self.root_key = self.root
         self.store = store
         self.stages = stages
@@ -218,6 +227,14 @@ class Service:
                 self._errors_in_a_row += 1
                 logger.error("database step failed (%s: %s); retrying", type(exc).__name__, exc)
                 self.flags.stop.wait(min(5.0, 0.2 * self._errors_in_a_row))
+            except Exception as exc:  # noqa: BLE001 - nothing may stop the main loop
+                # (the message is not logged: it may carry a file name)
+                self._errors_in_a_row += 1
+                frame = traceback.extract_tb(exc.__traceback__)[-1:]
+                where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+                logger.error("main-loop step failed (%s at %s); retrying",
+                             type(exc).__name__, where)
+                self.flags.stop.wait(min(5.0, 0.2 * self._errors_in_a_row))
             busy = bool(self._scans) or not self._sightings.empty()
             if not busy:
                 try:
@@ -293,13 +310,25 @@ class Service:
             self._scans.pop(0)
 
     def _record_ready(self) -> None:
-        for ready in self.tracker.poll():
+        ready_files = self.tracker.poll()
+        for index, ready in enumerate(ready_files):
             key = (ready.rel_path, ready.size, ready.mtime_ns)
             if key in self._known:
                 continue
-            found = self.store.record_discovery(
-                self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner
-            )
+            try:
+                found = self.store.record_discovery(
+                    self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner
+                )
+            except StorageError:
+                # The database, not the file: these files wait again (nothing is lost
+                # until the next rescan), and the step is retried.
+                for later in ready_files[index:]:
+                    self.tracker.note("scan", later.rel_path)
+                raise
+            except Exception as exc:  # noqa: BLE001 - one file never stops the daemon
+                logger.error("a ready file could not be recorded (%s); skipped until it changes",
+                             type(exc).__name__)
+                found = None
             self._known.add(key)
             if found is not None:
                 self.recorded += 1

@@ -18,7 +18,7 @@ from ._limits import check_declared
 from .errors import ImageTooLargeError, UnreadableImageError, UnsupportedImageError
 from .reader import ArraySource, ImageInfo, ImageSource
 
-__all__ = ["open_pillow"]
+__all__ = ["check_pillow_header", "open_pillow"]
 
 # Pillow mode -> (channels, dtype) it decodes to; "convert" modes become RGB first.
 _MODES = {
@@ -38,6 +38,52 @@ _MODES = {
 }
 
 
+def check_pillow_header(
+    file: Path,
+    kind: str,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    region_read_min_pixels: int,
+    target_um_per_px: float | None,
+) -> None:
+    """Read only the header from the file and check what it declares (nothing decoded)."""
+    del region_read_min_pixels, target_um_per_px
+    image = _open_header(file, file, kind)
+    with image:
+        _check(file, image, kind, max_pixels=max_pixels, max_channels=max_channels)
+
+
+def _open_header(file: Path, handle: BinaryIO | Path, kind: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(handle, formats=[kind])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{file}: {exc}; nothing was decoded") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(
+            f"{file}: {kind} header is corrupt or truncated ({exc})"
+        ) from exc
+
+
+def _check(
+    file: Path, image: Image.Image, kind: str, *, max_pixels: int, max_channels: int
+) -> tuple[int, int]:
+    """(height, width) once the declared size and mode pass the limits."""
+    width, height = image.size
+    mode = image.mode
+    if mode not in _MODES:
+        raise UnsupportedImageError(
+            f"{file}: {kind} pixel mode {mode!r}; expected 8/16-bit grey, RGB or RGBA"
+        )
+    channels, dtype = _MODES[mode]
+    check_declared(
+        file, (height, width, channels), dtype, max_pixels=max_pixels, max_channels=max_channels
+    )
+    return height, width
+
+
 def open_pillow(
     file: Path,
     handle: BinaryIO | Path,
@@ -49,27 +95,10 @@ def open_pillow(
     target_um_per_px: float | None,
 ) -> ImageSource:
     del region_read_min_pixels, target_um_per_px  # whole-image formats, no pyramids
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(handle, formats=[kind])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{file}: {exc}; nothing was decoded") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImageError(
-            f"{file}: {kind} header is corrupt or truncated ({exc})"
-        ) from exc
+    image = _open_header(file, handle, kind)
     with image:
-        width, height = image.size
-        mode = image.mode
-        if mode not in _MODES:
-            raise UnsupportedImageError(
-                f"{file}: {kind} pixel mode {mode!r}; expected 8/16-bit grey, RGB or RGBA"
-            )
-        channels, dtype = _MODES[mode]
-        check_declared(
-            file, (height, width, channels), dtype, max_pixels=max_pixels, max_channels=max_channels
-        )
+        height, width = _check(file, image, kind, max_pixels=max_pixels,
+                               max_channels=max_channels)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

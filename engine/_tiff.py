@@ -25,7 +25,7 @@ from ._limits import check_declared
 from .errors import UnreadableImageError, UnsupportedImageError
 from .reader import ArraySource, ImageInfo, ImageSource
 
-__all__ = ["open_tiff"]
+__all__ = ["check_tiff_header", "open_tiff"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,31 @@ DECODE_ERRORS = (
 )
 
 
+def check_tiff_header(
+    file: Path,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    region_read_min_pixels: int,
+    target_um_per_px: float | None,
+) -> None:
+    """Parse only the TIFF's header and IFDs from the file and check the declared level.
+
+    Reads a few kilobytes whatever the file's size, so that a hostile file declaring
+    100000 x 100000 pixels is refused before anything hashes or decodes it.
+    """
+    del region_read_min_pixels
+    try:
+        tif = tifffile.TiffFile(file)
+    except DECODE_ERRORS as exc:
+        raise UnreadableImageError(
+            f"{file}: TIFF header is corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+    with tif:
+        _inspect(file, tif, max_pixels=max_pixels, max_channels=max_channels,
+                 target_um_per_px=target_um_per_px)
+
+
 def open_tiff(
     file: Path,
     handle: BinaryIO | Path,
@@ -107,6 +132,32 @@ def _open(
     region_read_min_pixels: int,
     target_um_per_px: float | None,
 ) -> ImageSource:
+    info, level, layout = _inspect(file, tif, max_pixels=max_pixels, max_channels=max_channels,
+                                   target_um_per_px=target_um_per_px)
+    shape = info.shape
+    if shape[0] * shape[1] >= region_read_min_pixels:
+        info.region_reads = True
+        return TiffRegionSource(info, tif, level, layout)
+    try:
+        array = level.asarray()
+    except DECODE_ERRORS as exc:
+        raise UnreadableImageError(
+            f"{file}: TIFF pixel data is corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+    finally:
+        tif.close()
+    return ArraySource(info, _to_hwc(array, layout))
+
+
+def _inspect(
+    file: Path,
+    tif: tifffile.TiffFile,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    target_um_per_px: float | None,
+) -> tuple[ImageInfo, Any, str]:
+    """The level to read, checked against the limits: (info, series level, axes)."""
     try:
         series = tif.series[0] if tif.series else None
     except DECODE_ERRORS as exc:
@@ -137,18 +188,7 @@ def _open(
         base_shape=base_shape,
         notes=notes,
     )
-    if shape[0] * shape[1] >= region_read_min_pixels:
-        info.region_reads = True
-        return TiffRegionSource(info, tif, level, layout)
-    try:
-        array = level.asarray()
-    except DECODE_ERRORS as exc:
-        raise UnreadableImageError(
-            f"{file}: TIFF pixel data is corrupt or truncated ({type(exc).__name__}: {exc})"
-        ) from exc
-    finally:
-        tif.close()
-    return ArraySource(info, _to_hwc(array, layout))
+    return info, level, layout
 
 
 def _layout(file: Path, level: Any) -> tuple[tuple[int, int, int], str]:

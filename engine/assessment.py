@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._limits import check_pixels
 from ._tile_reader import TileReader
 from .aggregation import aggregate
 from .card import DeviceProfile, Normalisation
@@ -242,6 +243,7 @@ def _plan(
     )
     factor = max(1, math.ceil(max(height, width) / engine.heatmap_max_side_px))
     overview = source.overview(factor)  # (h, w, C) float32, raw intensities
+    check_pixels(image_path, overview, info.dtype)  # NaN/inf, constant, out of range
     high = intensity_high(overview, profile, info.dtype)
     read_seconds = time.perf_counter() - started
 

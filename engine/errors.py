@@ -13,6 +13,7 @@ This module imports nothing heavy: storage and the CLI import it without torch.
     │   ├── UnreadableImageError    not an image, zero bytes, truncated or corrupt
     │   ├── ImageTooLargeError      declared pixels exceed max_pixels
     │   ├── NoTissueError           decoded, but no tile holds enough tissue to assess
+    │   ├── InvalidPixelsError      decoded, but NaN/inf, constant or far out of range
     │   └── UnsupportedImageError   dtype, channel count or layout not handled
     ├── ModelError                  a model artefact is missing or inconsistent
     │   └── ModelCardError          model.json invalid or disagrees with the weights
@@ -42,6 +43,7 @@ __all__ = [
     "EngineBuildError",
     "ImageTooLargeError",
     "InputError",
+    "InvalidPixelsError",
     "ManifestError",
     "MarginwatchError",
     "ModelCardError",
@@ -77,6 +79,10 @@ class ImageTooLargeError(InputError):
 
 class NoTissueError(InputError):
     """The image was read but no tile holds enough tissue: not assessed (never "negative")."""
+
+
+class InvalidPixelsError(InputError):
+    """Decoded, but the pixels are no measurement (NaN/inf, constant, far out of range)."""
 
 
 class UnsupportedImageError(InputError):

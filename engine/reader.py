@@ -1,13 +1,17 @@
 """Open an exported image safely: check what it declares before decoding anything.
 
-:func:`open_image` reads the file's bytes once (hashing them with SHA-256 on the way),
-recognises TIFF / PNG / JPEG / BMP by their magic bytes, parses the header only, and
-refuses before decoding:
+:func:`open_image` recognises TIFF / PNG / JPEG / BMP by their magic bytes, parses the
+header only, straight from the file (a few kilobytes whatever the file's size), and
+refuses before anything is hashed or decoded:
 
-- zero bytes, a directory, unknown or truncated headers  -> UnreadableImageError
+- zero bytes, a directory, a FIFO, socket or device, unknown or truncated headers
+                                                        -> UnreadableImageError
 - declared width x height above ``max_pixels``          -> ImageTooLargeError
 - a dtype other than uint8/uint16/float32, more than ``max_channels`` channels, stacks
   (Z/T > 1)                                             -> UnsupportedImageError
+
+Only then is the file read once, hashed with SHA-256 on the way, and decoded (the
+header is parsed again from those bytes, so what was checked is what is decoded).
 
 The returned :class:`ImageSource` yields pixels as ``(H, W, C)`` arrays in the file's
 dtype through one narrow hook, ``read_region``. Small images are decoded whole once;
@@ -22,6 +26,7 @@ import hashlib
 import io
 import logging
 import os
+import stat as stat_module
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -174,38 +179,67 @@ def open_image(
         raise UnreadableImageError(f"{file}: no such file") from exc
     except OSError as exc:
         raise UnreadableImageError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    if file.is_dir():
+    if stat_module.S_ISDIR(stat.st_mode):
         raise UnreadableImageError(f"{file}: is a directory; expected an image file")
+    if not stat_module.S_ISREG(stat.st_mode):
+        raise UnreadableImageError(
+            f"{file}: is a {_kind_of(stat.st_mode)}, not a regular file; expected an image file"
+        )
     if stat.st_size == 0:
         raise UnreadableImageError(f"{file}: is empty (0 bytes); expected an image file")
     try:
-        sha256, handle = _hash_and_open(file, stat.st_size)
+        head = _head(file)
     except OSError as exc:
         raise UnreadableImageError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    head = handle.getvalue()[:16] if isinstance(handle, io.BytesIO) else _head(file)
     limits = dict(
         max_pixels=max_pixels,
         max_channels=max_channels,
         region_read_min_pixels=region_read_min_pixels,
         target_um_per_px=target_um_per_px,
     )
-    if head[:4] in _TIFF_MAGIC:
-        from ._tiff import open_tiff
+    kind = _format(file, head, stat.st_size)
+    # The header's limits first, from the file itself: nothing hashed or decoded yet.
+    if kind == "TIFF":
+        from ._tiff import check_tiff_header, open_tiff
 
+        check_tiff_header(file, **limits)
+    else:
+        from ._pillow import check_pillow_header, open_pillow
+
+        check_pillow_header(file, kind, **limits)
+    try:
+        sha256, handle = _hash_and_open(file, stat.st_size)
+    except OSError as exc:
+        raise UnreadableImageError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    if kind == "TIFF":
         source = open_tiff(file, handle, **limits)
     else:
-        kind = next((name for magic, name in _PILLOW_MAGIC.items() if head.startswith(magic)), None)
-        if kind is None:
-            raise UnreadableImageError(
-                f"{file}: not a TIFF, PNG, JPEG or BMP image ({stat.st_size} bytes starting "
-                f"{head[:8]!r})"
-            )
-        from ._pillow import open_pillow
-
         source = open_pillow(file, handle, kind, **limits)
     source.info.file_size = stat.st_size
     source.info.sha256 = sha256
     return source
+
+
+def _format(file: Path, head: bytes, size: int) -> str:
+    """"TIFF" or the Pillow format name the magic bytes announce."""
+    if head[:4] in _TIFF_MAGIC:
+        return "TIFF"
+    kind = next((name for magic, name in _PILLOW_MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        raise UnreadableImageError(
+            f"{file}: not a TIFF, PNG, JPEG or BMP image ({size} bytes starting {head[:8]!r})"
+        )
+    return kind
+
+
+def _kind_of(mode: int) -> str:
+    if stat_module.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat_module.S_ISSOCK(mode):
+        return "socket"
+    if stat_module.S_ISCHR(mode) or stat_module.S_ISBLK(mode):
+        return "device"
+    return "special file"
 
 
 def _head(file: Path) -> bytes:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from marginwatch.engine.errors import ConflictError, NotFoundError
+from marginwatch.engine.pathnames import display_path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -321,6 +322,7 @@ def fail_or_retry(
     now: datetime,
 ) -> FailOutcome:
     """Retry later (pending + not_before) or fail for good with a not-assessed alert."""
+    message = display_path(message)  # a name in it may hold any bytes: one printable line
     job.error_class = error_class
     job.error_message = message
     job.lease_owner = None
@@ -352,6 +354,7 @@ def fail_or_retry(
 def fail_final(
     session: Session, job: Job, error_class: str, message: str, actor: str, now: datetime
 ) -> int:
+    message = display_path(message)
     job.state = "failed"
     job.error_class = error_class
     job.error_message = message

@@ -7,7 +7,8 @@ objects: :class:`~marginwatch.storage.Store` returns plain dataclasses.
 
 Times are stored in UTC (``UTCDateTime``). Paths are stored once, here, relative to the
 export root: the database is the access-controlled place for names that can identify a
-patient; logs carry image ids only.
+patient; logs carry image ids only. A path keeps its exact bytes whatever they are
+(``FsPath``: non-UTF-8 names in a reversible escaped form, see ``_paths.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from ._paths import FsPath
 
 __all__ = [
     "ALERT_KINDS",
@@ -110,7 +113,7 @@ class Image(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     root_key: Mapped[str] = mapped_column(String(200))
-    rel_path: Mapped[str] = mapped_column(String(1000))
+    rel_path: Mapped[str] = mapped_column(FsPath(1000))  # lossless: any bytes
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
