@@ -1,9 +1,11 @@
 """Bind the engine's stages to one loaded model, backend and configuration.
 
 The pipeline calls ``prepare(path)``, ``finish(prepared, inference)`` and
-``record(assessment)``; this module supplies them from :mod:`marginwatch.engine` and
-registers the model in the store. The configuration object is held by reference, so
-engine settings changed by SIGHUP apply to the next image.
+``record(assessment)`` (the :class:`~._collaborators.Stages` Protocol; ``record``
+encodes the heatmap PNG, in the finisher, before the finishing transaction); this
+module supplies them from :mod:`marginwatch.engine` and registers the model in the
+store. The configuration object is held by reference, so engine settings changed by
+SIGHUP apply to the next image.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marginwatch.engine.config import Config
+
+if TYPE_CHECKING:
+    from marginwatch.engine.assessment import Assessment, PreparedImage
+    from marginwatch.engine.inference import Inference
+    from marginwatch.storage.records import AssessmentRecord
 
 __all__ = ["TENSORRT_START_EXTEND_SECONDS", "EngineStages", "load_stages", "may_build_tensorrt"]
 
@@ -45,18 +52,22 @@ class EngineStages:
         self._backend = backend
         self._model_id = model_id
 
-    def prepare(self, path: str) -> Any:
+    def prepare(self, path: str) -> PreparedImage:
         return self._engine.prepare(path, self._model, self._config.engine)
 
-    def finish(self, prepared: Any, inference: Any) -> Any:
+    def finish(self, prepared: PreparedImage, inference: Inference | None) -> Assessment:
         return self._engine.finish(prepared, inference, self._model, self._config.engine,
                                    backend=self._backend)
 
-    def record(self, assessment: Any) -> Any:
+    def record(self, assessment: Assessment) -> AssessmentRecord:
+        """The storage record, with the heatmap encoded here (before the transaction)."""
+        from marginwatch.engine.render import encode_heatmap_png
         from marginwatch.storage.records import AssessmentRecord
 
+        png = None if assessment.heatmap is None else encode_heatmap_png(assessment.heatmap)
         return AssessmentRecord.from_assessment(
-            assessment, model_id=self._model_id, precision=self._backend.precision
+            assessment, model_id=self._model_id, precision=self._backend.precision,
+            heatmap_png=png,
         )
 
 

@@ -13,16 +13,29 @@
                                          image is queued or being read
                                                  v
                               finisher queue --> finisher thread: engine.finish (CAM,
-                                                 aggregate) and ONE store call per job:
+                                                 aggregate), record (heatmap PNG encoded
+                                                 here, before the transaction) and ONE
+                                                 store call per job:
                                                  finish_job | mark_duplicate | fail_job
+
+Messages to the finisher are typed: :class:`Assess` (tiles inferred, or none to infer),
+:class:`Duplicate` (the reader found the same bytes assessed by the same model) and
+:class:`Fail` (any error on the way). The collaborators are Protocols
+(:mod:`._collaborators`): a :class:`JobStore`, the engine's :class:`Stages`, an
+:data:`Infer`.
 
 Reading and preprocessing of the next images overlap with inference of the current
 batch. Tiles stream as uint8 chunks of ``max_batch_tiles`` with bounded buffering, so
 memory does not grow with the size of an image; the image file is open only while its
 tiles are read (the reader closes it on every path).
 
-The finisher is the only thread that writes a job's outcome, so two copies of the same
-bytes in flight at once end as one assessment and one ``duplicate``.
+Duplicates are looked up once per image, by the reader (before any tile is inferred).
+The finisher is the only thread that writes a job's outcome; it remembers the SHA-256s it
+recorded while another job with the same bytes is still in flight, so two copies of the
+same bytes in flight at once end as one assessment and one ``duplicate`` without a second
+database lookup. (Daemons watching *other* folders of a shared database do not see each
+other's in-flight work: the same bytes arriving in both at the same instant are assessed
+by each.)
 
 Every failure becomes a ``fail_job`` with a reason a person can act on; the store
 retries it after ``retry_delay_seconds`` or, after ``max_attempts`` (or at once, for
@@ -41,7 +54,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from marginwatch.engine.errors import (
     BackendError,
@@ -56,9 +69,16 @@ from marginwatch.engine.errors import (
 )
 from marginwatch.engine.pathnames import display_path
 
+from ._collaborators import Infer, JobStore, Stages
 from .batching import TileBatcher
 
-__all__ = ["Pipeline", "RefusedFileError", "Settings"]
+if TYPE_CHECKING:
+    from marginwatch.engine.assessment import PreparedImage
+    from marginwatch.engine.inference import Inference
+    from marginwatch.storage.records import ClaimedJob
+
+__all__ = ["Assess", "Duplicate", "Fail", "FinishMessage", "Pipeline", "RefusedFileError",
+           "Settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +97,36 @@ class Settings:
 
 @dataclass(eq=False)
 class _Work:
-    job: Any  # storage ClaimedJob
-    prepared: Any = None  # engine PreparedImage
+    job: ClaimedJob
+    prepared: PreparedImage | None = None  # set by the reader once the file is planned
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, eq=False)
+class Assess:
+    """Record an assessment: the image's joined inference (None: it has no tiles)."""
+
+    work: _Work
+    inference: Inference | None
+
+
+@dataclass(frozen=True, eq=False)
+class Duplicate:
+    """The same bytes were assessed by the same model before: link to that prediction."""
+
+    work: _Work
+    of_prediction_id: int
+
+
+@dataclass(frozen=True, eq=False)
+class Fail:
+    """The job failed on the way (reading, inference, aggregation); retry or fail it."""
+
+    work: _Work
+    error: BaseException
+
+
+FinishMessage = Assess | Duplicate | Fail
 
 
 _ADVICE: list[tuple[type[BaseException], str, bool]] = [
@@ -140,19 +187,18 @@ def resolve_inside(root_real: str, rel_path: str) -> str:
 class Pipeline:
     """Readers, inference and finisher for claimed jobs; see the module docstring.
 
-    ``engine`` has ``prepare(path) -> PreparedImage``, ``finish(prepared, inference) ->
-    Assessment`` and ``record(assessment) -> AssessmentRecord`` (the service binds the
-    engine's functions to the model and configuration); ``infer(batch) -> Inference``
-    runs the backend. Use as a context manager or
+    ``engine`` is the model's :class:`Stages` (``prepare``, ``finish``, ``record``; the
+    service binds the engine's functions to the model and configuration); ``infer``
+    runs the backend; ``store`` is a :class:`JobStore`. Use as a context manager or
     ``start()``/``stop()``.
     """
 
     def __init__(
         self,
         *,
-        store: Any,
-        engine: Any,
-        infer: Any,
+        store: JobStore,
+        engine: Stages,
+        infer: Infer,
         model_id: int,
         root: str,
         owner: str,
@@ -168,9 +214,12 @@ class Pipeline:
         self._owner = owner
         self.settings = settings
         self._reader_q: queue.Queue[_Work | None] = queue.Queue()
-        self._finish_q: queue.Queue[tuple[str, _Work, Any] | None] = queue.Queue()
+        self._finish_q: queue.Queue[FinishMessage | None] = queue.Queue()
         self._lock = threading.Lock()
         self._in_flight: dict[int, _Work] = {}
+        # SHA-256 -> prediction id, recorded by this finisher while a job with the same
+        # bytes is in flight (finisher thread only; see the module docstring)
+        self._recorded: dict[str, int] = {}
         self._upstream = 0  # submitted jobs not yet handed to the batcher or finisher
         self._closing = threading.Event()
         self.counts: Counter[str] = Counter()
@@ -199,7 +248,7 @@ class Pipeline:
         self._batcher.max_batch_tiles = max_batch_tiles
         self._batcher.max_batch_wait_ms = max_batch_wait_ms
 
-    def submit(self, job: Any) -> None:
+    def submit(self, job: ClaimedJob) -> None:
         work = _Work(job)
         with self._lock:
             self._in_flight[job.job_id] = work
@@ -220,7 +269,7 @@ class Pipeline:
         with self._lock:
             return len(self._in_flight)
 
-    def in_flight_jobs(self) -> list[Any]:
+    def in_flight_jobs(self) -> list[ClaimedJob]:
         with self._lock:
             return [w.job for w in self._in_flight.values()]
 
@@ -228,7 +277,7 @@ class Pipeline:
         threads_ok = all(t.is_alive() for t in self._readers) and self._finisher.is_alive()
         return threads_ok and self._batcher.is_alive()
 
-    def stop(self, timeout_seconds: float) -> list[Any]:
+    def stop(self, timeout_seconds: float) -> list[ClaimedJob]:
         """Finish what is in flight within ``timeout_seconds``; return the jobs that were not.
 
         Intake must already have stopped (no more :meth:`submit`). The returned jobs
@@ -267,8 +316,7 @@ class Pipeline:
             try:
                 handed_over = self._read_one(work)
             except Exception as exc:  # noqa: BLE001 - one file never costs a reader thread
-                abs_path = os.path.join(self._root, work.job.rel_path)
-                self._finish_q.put(("fail", work, (exc, abs_path)))
+                self._finish_q.put(Fail(work, exc))
             finally:
                 if not handed_over:
                     self._left_reader()
@@ -279,25 +327,24 @@ class Pipeline:
         The image file is closed before this returns, on every path.
         """
         job = work.job
-        abs_path = os.path.join(self._root, job.rel_path)
         try:
             path = resolve_inside(self._root, job.rel_path)
             prepared = self._engine.prepare(path)
         except Exception as exc:  # every failure is recorded by the finisher
-            self._finish_q.put(("fail", work, (exc, abs_path)))
+            self._finish_q.put(Fail(work, exc))
             return False
         with prepared:  # closes the file however this ends
             work.prepared = prepared
-            try:
+            try:  # the one duplicate lookup for this image
                 earlier = self._store.find_assessment(prepared.sha256, self._model_id)
             except Exception as exc:
-                self._finish_q.put(("fail", work, (exc, abs_path)))
+                self._finish_q.put(Fail(work, exc))
                 return False
             if earlier is not None:
-                self._finish_q.put(("duplicate", work, earlier))
+                self._finish_q.put(Duplicate(work, earlier))
                 return False
             if len(prepared.boxes) == 0:
-                self._finish_q.put(("assess", work, None))
+                self._finish_q.put(Assess(work, None))
                 return False
             ticket = self._batcher.open(work, len(prepared.boxes))
             self._left_reader()
@@ -308,67 +355,81 @@ class Pipeline:
                         break  # failed in an earlier batch (reported), or stopping
             except Exception as exc:  # a read error part-way through the image
                 if self._batcher.cancel(ticket):
-                    self._finish_q.put(("fail", work, (exc, abs_path)))
+                    self._finish_q.put(Fail(work, exc))
             finally:
                 chunks.close()
             return True
 
-    def _on_inferred(self, work: _Work, inference: Any, exc: BaseException | None) -> None:
-        if exc is not None:
-            self._finish_q.put(("fail", work, (exc, os.path.join(self._root, work.job.rel_path))))
-        else:
-            self._finish_q.put(("assess", work, inference))
+    def _on_inferred(
+        self, work: _Work, inference: Inference | None, exc: BaseException | None
+    ) -> None:
+        self._finish_q.put(Assess(work, inference) if exc is None else Fail(work, exc))
 
     # --- finisher ------------------------------------------------------------------------
 
     def _finish_loop(self) -> None:
         while True:
-            item = self._finish_q.get()
-            if item is None:
+            message = self._finish_q.get()
+            if message is None:
                 return
-            kind, work, payload = item
+            job = message.work.job
             try:
-                self._finish_one(kind, work, payload)
+                self._finish_one(message)
             except (ConflictError, NotFoundError) as exc:
                 # The lease was lost (expired and taken by another worker): not ours now.
                 logger.warning("job %d image %s: outcome not recorded: %s",
-                               work.job.job_id, work.job.image_id, type(exc).__name__)
+                               job.job_id, job.image_id, type(exc).__name__)
                 self.counts["lost"] += 1
             except Exception as exc:  # the database failed: the lease will expire, retried
                 # (the message is not logged: SQL errors carry parameters, i.e. the path)
                 logger.error("job %d image %s: recording the outcome failed: %s",
-                             work.job.job_id, work.job.image_id, type(exc).__name__)
+                             job.job_id, job.image_id, type(exc).__name__)
                 self.counts["unrecorded"] += 1
             finally:
                 with self._lock:
-                    self._in_flight.pop(work.job.job_id, None)
+                    self._in_flight.pop(job.job_id, None)
+                    held = {w.prepared.sha256 for w in self._in_flight.values()
+                            if w.prepared is not None}
+                for sha in [s for s in self._recorded if s not in held]:
+                    del self._recorded[sha]
 
-    def _finish_one(self, kind: str, work: _Work, payload: Any) -> None:
+    def _finish_one(self, message: FinishMessage) -> None:
+        if isinstance(message, Fail):
+            self._record_failure(message.work, message.error)
+            return
+        work = message.work
+        assert work.prepared is not None  # Assess and Duplicate come after prepare
+        sha = work.prepared.sha256
+        if isinstance(message, Duplicate):
+            self._record_duplicate(work, sha, message.of_prediction_id)
+            return
+        earlier = self._recorded.get(sha)  # a copy in flight beside this one, recorded first
+        if earlier is not None:
+            self._record_duplicate(work, sha, earlier)
+            return
+        try:
+            record = self._engine.record(self._engine.finish(work.prepared, message.inference))
+        except Exception as exc:
+            self._record_failure(work, exc)
+            return
         job = work.job
-        if kind in ("assess", "duplicate"):
-            sha = work.prepared.sha256
-            earlier = payload if kind == "duplicate" else None
-            if earlier is None:
-                earlier = self._store.find_assessment(sha, self._model_id)
-            if earlier is not None:
-                self._store.mark_duplicate(job.job_id, self._owner, sha, earlier)
-                self.counts["duplicate"] += 1
-                logger.info("image %s: duplicate of prediction %s", job.image_id, earlier)
-                return
-            try:
-                record = self._engine.record(self._engine.finish(work.prepared, payload))
-            except Exception as exc:
-                kind, payload = "fail", (exc, os.path.join(self._root, job.rel_path))
-            else:
-                outcome = self._store.finish_job(job.job_id, self._owner, record)
-                self.counts["assessed"] += 1
-                logger.info(
-                    "image %s: assessed p=%.3f decision=%s alert=%s in %.2fs",
-                    job.image_id, record.probability, "positive" if record.decision else "negative",
-                    outcome.alert_id, time.monotonic() - work.started,
-                )
-                return
-        exc, abs_path = payload
+        outcome = self._store.finish_job(job.job_id, self._owner, record)
+        self._recorded[sha] = outcome.prediction_id
+        self.counts["assessed"] += 1
+        logger.info(
+            "image %s: assessed p=%.3f decision=%s alert=%s in %.2fs",
+            job.image_id, record.probability, "positive" if record.decision else "negative",
+            outcome.alert_id, time.monotonic() - work.started,
+        )
+
+    def _record_duplicate(self, work: _Work, sha: str, of_prediction_id: int) -> None:
+        self._store.mark_duplicate(work.job.job_id, self._owner, sha, of_prediction_id)
+        self.counts["duplicate"] += 1
+        logger.info("image %s: duplicate of prediction %s", work.job.image_id, of_prediction_id)
+
+    def _record_failure(self, work: _Work, exc: BaseException) -> None:
+        job = work.job
+        abs_path = os.path.join(self._root, job.rel_path)
         error_class, message, retry = describe_failure(exc, abs_path, job.rel_path)
         outcome = self._store.fail_job(
             job.job_id,
@@ -378,7 +439,7 @@ class Pipeline:
             self.settings.retry_delay_seconds if retry else None,
             self.settings.max_attempts,
         )
-        state = getattr(outcome, "state", "failed")
+        state = outcome.state
         self.counts["failed" if state == "failed" else "retry"] += 1
         if not isinstance(exc, (MarginwatchError, OSError)):
             frame = traceback.extract_tb(exc.__traceback__)[-1:]

@@ -5,16 +5,14 @@ ways a job goes back: put_back (released), requeue_lost (lease expired, owner go
 
 Kept apart from :mod:`store` so each stays readable; nothing here commits: the caller's
 ``with store._write()`` block is the transaction, so a crash between any two steps leaves
-all of a job's records or none of them (tests/test_storage_crash.py kills a writer at
-each ``pause_point``).
+all of a job's records or none of them (tests/test_storage_crash.py kills a writer
+mid-transaction, at statements it picks from the outside).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -28,7 +26,6 @@ from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
 from .records import AssessmentRecord, ClaimedJob, Discovery, FailOutcome, FinishOutcome
 
 __all__ = [
-    "PAUSE_ENV",
     "claim",
     "close_duplicate",
     "discover",
@@ -37,24 +34,12 @@ __all__ = [
     "fail_or_retry",
     "held_job",
     "orphaned",
-    "pause_point",
     "put_back",
     "record_assessment",
     "requeue_lost",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Test-only hook: "finish_job:<step>" makes the writer print and sleep mid-transaction so
-# a test can SIGKILL it there. Unset in production.
-PAUSE_ENV = "MARGINWATCH_STORAGE_TEST_PAUSE_AT"
-
-
-def pause_point(step: str) -> None:
-    if os.environ.get(PAUSE_ENV) == step:
-        print(f"paused at {step}", flush=True)
-        time.sleep(3600)
-
 
 def discover(
     session: Session,
@@ -194,7 +179,6 @@ def record_assessment(
     )
     session.add(prediction)
     session.flush()
-    pause_point("finish_job:after_prediction")
     session.add_all(
         Tile(
             prediction_id=prediction.id,
@@ -216,7 +200,6 @@ def record_assessment(
             )
         )
     session.flush()
-    pause_point("finish_job:after_tiles")
     alert_id = None
     if result.decision:
         alert = Alert(
@@ -266,7 +249,6 @@ def record_assessment(
             actor,
             now,
         )
-    pause_point("finish_job:after_audit")
     job.state = "done"
     job.prediction_id = prediction.id
     job.lease_owner = None
@@ -276,7 +258,6 @@ def record_assessment(
     job.finished_at = now
     job.updated_at = now
     session.flush()
-    pause_point("finish_job:before_commit")
     logger.info(
         "image %s assessed: prediction %d decision=%s",
         image.id,

@@ -91,12 +91,18 @@ class AssessmentRecord:
 
     @classmethod
     def from_assessment(
-        cls, assessment: Any, *, model_id: int, precision: str | None = None
+        cls,
+        assessment: Any,
+        *,
+        model_id: int,
+        precision: str | None = None,
+        heatmap_png: bytes | None = None,
     ) -> AssessmentRecord:
-        """Build from an engine ``Assessment`` (duck-typed: storage imports no torch)."""
-        from marginwatch.engine.render import encode_heatmap_png  # numpy + Pillow, no torch
+        """Build from an engine ``Assessment`` (duck-typed: storage imports no torch).
 
-        heatmap = getattr(assessment, "heatmap", None)
+        ``heatmap_png`` is the heatmap already encoded by the caller (the daemon's
+        finisher, before the transaction): storage stores bytes and encodes nothing.
+        """
         return cls(
             model_id=model_id,
             sha256=assessment.sha256,
@@ -117,9 +123,9 @@ class AssessmentRecord:
                 for t in assessment.tiles
             ),
             driving_tile=getattr(assessment, "driving_tile", None),
-            heatmap_png=None if heatmap is None else encode_heatmap_png(heatmap),
+            heatmap_png=heatmap_png,
             heatmap_scale=(
-                None if heatmap is None else float(getattr(assessment, "heatmap_scale", 1.0))
+                None if heatmap_png is None else float(getattr(assessment, "heatmap_scale", 1.0))
             ),
         )
 

@@ -1,15 +1,16 @@
 """finish_job is ONE transaction: SIGKILL a real writer between its steps.
 
-A writer subprocess claims a job and calls finish_job with the test-only pause hook
-(MARGINWATCH_STORAGE_TEST_PAUSE_AT) so it stops mid-transaction at a named step; the
-test kills it with SIGKILL there and checks that none of the job's records exist, the job
-is still leased (and goes back to pending once the lease expires), the audit chain is
-intact, and a second worker then records everything.
+A writer subprocess claims a job and calls finish_job; the test harness (not the
+production code) stops it mid-transaction at a named step with SQLAlchemy engine events
+registered in the writer: after the prediction's INSERT, after the heatmap's (the tiles
+come before it), before the job's UPDATE (all audit events written), or at the COMMIT
+itself. The test kills it with SIGKILL there and checks that none of the job's records
+exist, the job is still leased (and goes back to pending once the lease expires), the
+audit chain is intact, and a second worker then records everything.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,16 +19,43 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from marginwatch.storage import Store
 from marginwatch.storage.models import Alert, AuditEvent, Heatmap, Prediction, Tile
-from marginwatch.storage._jobs import PAUSE_ENV
 from marginwatch.storage.testing import backend_params, database_url, sample_record
 from sqlalchemy import func, select
 
 WRITER = """
-import sys
+import sys, time
+from sqlalchemy import Engine, event
 from marginwatch.storage import Store
 from marginwatch.storage.testing import sample_record
+
+step = sys.argv[3] if len(sys.argv) > 3 else None
+armed = False
+# step -> (event, what the statement starts with); "commit" is the COMMIT itself
+WHERE = {"after_prediction": ("after_cursor_execute", "INSERT INTO predictions"),
+         "after_tiles": ("after_cursor_execute", "INSERT INTO heatmaps"),
+         "after_audit": ("before_cursor_execute", "UPDATE jobs"),
+         "before_commit": ("commit", None)}
+
+def pause(name):
+    print(f"paused at finish_job:{name}", flush=True)
+    time.sleep(3600)
+
+if step is not None:
+    kind, prefix = WHERE[step]
+    if kind == "commit":
+        @event.listens_for(Engine, "commit")
+        def _commit(conn):
+            if armed:
+                pause(step)
+    else:
+        @event.listens_for(Engine, kind)
+        def _statement(conn, cursor, statement, *args):
+            if armed and statement.lstrip().upper().startswith(prefix.upper()):
+                pause(step)
+
 with Store.open(sys.argv[1]) as store:
     job = store.claim_job("doomed-worker", lease_seconds=60)
+    armed = True  # only finish_job's transaction
     store.finish_job(job.job_id, "doomed-worker",
                      sample_record(int(sys.argv[2]), decision=True))
 print("committed", flush=True)
@@ -55,8 +83,7 @@ def test_sigkill_mid_finish_leaves_nothing(db_url, step):
         store.record_discovery("export", "case/a.tif", 1, 1, "host:daemon")
         before = _counts(store)
         writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, db_url, str(model_id)],
-            env={**os.environ, PAUSE_ENV: f"finish_job:{step}"},
+            [sys.executable, "-c", WRITER, db_url, str(model_id), step],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = writer.stdout.readline()
@@ -90,8 +117,7 @@ def test_writer_without_pause_commits(db_url):
         model_id = store.register_model("a" * 64, "resnet18", {})
         store.record_discovery("export", "case/a.tif", 1, 1, "host:daemon")
     done = subprocess.run([sys.executable, "-c", WRITER, db_url, str(model_id)],
-                          capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != PAUSE_ENV})
+                          capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "committed", done.stderr
     with Store.open(db_url, readonly=True) as store:
         assert _counts(store)["tiles"] == 3

@@ -14,7 +14,12 @@ from marginwatch.engine.errors import (
 )
 from marginwatch.storage import AssessmentRecord, Store
 from marginwatch.storage.models import Alert, Heatmap, Prediction, Tile
-from marginwatch.storage.testing import backend_params, database_url, sample_record
+from marginwatch.storage.testing import (
+    backend_params,
+    database_url,
+    sample_heatmap_png,
+    sample_record,
+)
 from sqlalchemy import func, select
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -269,9 +274,13 @@ def test_assessment_record_from_engine_like_object(model_id):
         profile = "grey"
         backend, device = "torch-cpu", "cpu"
 
+    png = sample_heatmap_png()
     record = AssessmentRecord.from_assessment(FakeAssessment(), model_id=model_id,
-                                              precision="fp32")
-    assert record.heatmap_png.startswith(b"\x89PNG") and record.tiles[0].box == (0, 0, 32, 32)
+                                              precision="fp32", heatmap_png=png)
+    assert record.heatmap_png == png and record.heatmap_scale == 16.0  # stored as given
+    assert record.tiles[0].box == (0, 0, 32, 32)
+    bare = AssessmentRecord.from_assessment(FakeAssessment(), model_id=model_id)
+    assert bare.heatmap_png is None and bare.heatmap_scale is None
     assert record.shape == (128, 128, 1) and record.decision is True
 
 
