@@ -48,7 +48,10 @@ from marginwatch.engine.errors import (
     StorageError,
 )
 from marginwatch.engine.pathnames import display_path
+from marginwatch.storage.records import Placement
 
+from .locations import LocationRules
+from .locations import resolve as resolve_placement
 from .observer import FolderObserver, PathFilter, Sighting, scan_folder
 from .pipeline import Pipeline, Settings
 from .readiness import ReadinessTracker
@@ -74,6 +77,7 @@ RESTART_ENGINE_FIELDS = (
 HEARTBEAT_MODEL_KEYS = (
     "model_digest", "architecture", "synthetic_demo", "backend", "device", "precision",
 )
+IDLE_CASE_CHECK_SECONDS = 30.0  # how often open cases are checked for cases.idle_close_seconds
 SCAN_SLICE = 256  # entries of a reconcile scan taken per main-loop step
 SIGHTINGS_SLICE = 2000
 
@@ -153,6 +157,7 @@ class Service:
             max_batch_wait_ms=d.max_batch_wait_ms,
         )
         self._scans: list[Iterator[str]] = []
+        self._locations = LocationRules.from_config(config.cases)
         self._triggered_poll_at = math.inf  # a close/move-in event: poll when it has settled
         self._known: set[tuple[str, int, int]] = set()
         self.recorded = 0
@@ -188,6 +193,7 @@ class Service:
         now = self._clock()
         next_poll = next_beat = next_lease = now
         next_rescan = now + self.config.daemon.rescan_seconds
+        next_idle_check = now
         watchdog_every = self.notifier.watchdog_interval_seconds
         next_watchdog = now
         exit_code = 0
@@ -219,6 +225,9 @@ class Service:
                     self._keep_leases()
                     next_lease = now + max(0.2, d.lease_seconds / 3)
                 self._claim()
+                if now >= next_idle_check:
+                    self._close_idle_cases()
+                    next_idle_check = now + IDLE_CASE_CHECK_SECONDS
                 if now >= next_beat:
                     self._beat("running")
                     next_beat = now + d.heartbeat_seconds
@@ -317,7 +326,8 @@ class Service:
                 continue
             try:
                 found = self.store.record_discovery(
-                    self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner
+                    self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner,
+                    placement=self._placement(ready.rel_path),
                 )
             except StorageError:
                 # The database, not the file: these files wait again (nothing is lost
@@ -332,6 +342,25 @@ class Service:
             self._known.add(key)
             if found is not None:
                 self.recorded += 1
+
+    def _placement(self, rel_path: str) -> Placement:
+        """Case and location of a new image; never raises (the image must not be lost)."""
+        try:
+            return resolve_placement(self.root, rel_path, self._locations)
+        except Exception as exc:  # a bug here must not stop intake: unspecified, with why
+            logger.error("location of a new image could not be resolved (%s)", type(exc).__name__)
+            head, sep, _ = os.fsdecode(rel_path).partition("/")
+            return Placement(
+                case_folder=head if sep else None, location="unspecified", source="default",
+                issue=f"the location could not be resolved ({type(exc).__name__}); "
+                "see the daemon log and report it",
+            )
+
+    def _close_idle_cases(self) -> None:
+        closed = self.store.close_idle_cases(self.config.cases.idle_close_seconds, self.owner)
+        if closed:
+            logger.info("%d case(s) closed after %.0f s without a new image",
+                        closed, self.config.cases.idle_close_seconds)
 
     # --- the queue ---------------------------------------------------------------------------
 
@@ -422,6 +451,11 @@ class Service:
                     setattr(getattr(old, section), name, getattr(getattr(new, section), name))
                 else:
                     needs_restart.append(f"{section}.{name}")
+        if new.cases != old.cases:  # every [cases] setting is live: the next image uses it
+            changed["cases"] = [old.cases.model_dump(mode="json"),
+                                new.cases.model_dump(mode="json")]
+            old.cases = new.cases
+            self._locations = LocationRules.from_config(new.cases)
         d = old.daemon
         self.tracker.settle_seconds = d.settle_seconds
         self.tracker.stable_polls = d.stable_polls

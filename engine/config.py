@@ -1,8 +1,8 @@
 """The one typed configuration of marginwatch.
 
-A TOML file (``--config FILE`` or ``MARGINWATCH_CONFIG``) with three sections,
-``[engine]``, ``[daemon]`` and ``[dashboard]``; every field has a default and carries
-its unit in its name. Any field can be overridden from the environment as
+A TOML file (``--config FILE`` or ``MARGINWATCH_CONFIG``) with four sections,
+``[engine]``, ``[daemon]``, ``[dashboard]`` and ``[cases]`` (margin locations); every
+field has a default and carries its unit in its name. Any field can be overridden from the environment as
 ``MARGINWATCH_<SECTION>__<FIELD>`` (for example ``MARGINWATCH_DAEMON__SETTLE_SECONDS=2``).
 
 Validation happens once, in :func:`load_config`; a bad value raises
@@ -20,9 +20,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ._cases_config import CasesConfig
 from .errors import ConfigError
 
 __all__ = [
+    "CasesConfig",
     "Config",
     "DaemonConfig",
     "DashboardConfig",
@@ -126,6 +128,7 @@ class Config(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    cases: CasesConfig = Field(default_factory=CasesConfig)
     source: str = Field("defaults", exclude=True)
 
     @model_validator(mode="after")
@@ -138,10 +141,11 @@ class Config(_Section):
         return self
 
 
-_SECTIONS: dict[str, type[_Section]] = {
+_SECTIONS: dict[str, type[BaseModel]] = {
     "engine": EngineConfig,
     "daemon": DaemonConfig,
     "dashboard": DashboardConfig,
+    "cases": CasesConfig,
 }
 
 

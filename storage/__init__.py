@@ -17,6 +17,9 @@ from .records import (
     AssessmentRecord,
     AuditEventView,
     AuditReport,
+    CaseDetail,
+    CaseImage,
+    CaseView,
     ClaimedJob,
     Counters,
     Discovery,
@@ -25,6 +28,8 @@ from .records import (
     HeartbeatView,
     ImageDetail,
     ImageRow,
+    LocationStatus,
+    Placement,
     TileRecord,
 )
 from .store import Store
@@ -36,6 +41,9 @@ __all__ = [
     "AuditAnchor",
     "AuditEventView",
     "AuditReport",
+    "CaseDetail",
+    "CaseImage",
+    "CaseView",
     "ClaimedJob",
     "Counters",
     "Discovery",
@@ -44,6 +52,8 @@ __all__ = [
     "HeartbeatView",
     "ImageDetail",
     "ImageRow",
+    "LocationStatus",
+    "Placement",
     "Store",
     "TileRecord",
 ]

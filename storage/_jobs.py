@@ -21,9 +21,16 @@ from marginwatch.engine.pathnames import display_path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import _cases, audit
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
-from .records import AssessmentRecord, ClaimedJob, Discovery, FailOutcome, FinishOutcome
+from .records import (
+    AssessmentRecord,
+    ClaimedJob,
+    Discovery,
+    FailOutcome,
+    FinishOutcome,
+    Placement,
+)
 
 __all__ = [
     "claim",
@@ -49,8 +56,13 @@ def discover(
     mtime_ns: int,
     actor: str,
     now: datetime,
+    *,
+    placement: Placement | None = None,
 ) -> Discovery | None:
-    """A new file version and its pending job (audited); None if already recorded."""
+    """A new file version and its pending job (audited); None if already recorded.
+
+    With ``placement`` the image goes into its case (see :func:`_cases.place`).
+    """
     seen = session.scalar(
         select(Image.id).where(
             Image.root_key == root_key,
@@ -69,16 +81,18 @@ def discover(
     job = Job(image_id=image.id, state="pending", attempts=0, created_at=now, updated_at=now)
     session.add(job)
     session.flush()
+    payload: dict[str, object] = {
+        "job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns
+    }
+    if placement is not None:
+        payload["case_id"] = _cases.place(session, image, placement, actor, now)
+        payload["location"] = placement.location
+        payload["location_source"] = placement.source
+        if placement.issue is not None:
+            payload["location_issue"] = placement.issue
     # The path is in the images row (access-controlled); the audit payload and the
     # logs carry ids only.
-    audit.append_event(
-        session,
-        "image.discovered",
-        image.id,
-        {"job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns},
-        actor,
-        now,
-    )
+    audit.append_event(session, "image.discovered", image.id, payload, actor, now)
     logger.info("image %s discovered (job %d)", image.id, job.id)
     return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
 

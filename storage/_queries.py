@@ -34,10 +34,17 @@ def _loads(text: str | None, default: Any) -> Any:
 
 
 def alert_view(
-    session: Session, alert: Alert, rel_path: str | None = None, probability: float | None = None
+    session: Session,
+    alert: Alert,
+    rel_path: str | None = None,
+    probability: float | None = None,
+    location: str | None = None,
 ) -> AlertView:
     if rel_path is None:
-        rel_path = session.scalar(select(Image.rel_path).where(Image.id == alert.image_id)) or ""
+        row = session.execute(
+            select(Image.rel_path, Image.location).where(Image.id == alert.image_id)
+        ).first()
+        rel_path, location = (row[0], row[1]) if row is not None else ("", None)
     if probability is None and alert.prediction_id is not None:
         probability = session.scalar(
             select(Prediction.probability).where(Prediction.id == alert.prediction_id)
@@ -55,6 +62,7 @@ def alert_view(
         acknowledged_by=alert.acknowledged_by,
         acknowledged_at=alert.acknowledged_at,
         ack_note=alert.ack_note,
+        location=location,
     )
 
 
@@ -62,7 +70,7 @@ def alerts(
     session: Session, *, open_only: bool, limit: int | None = None, image_id: str | None = None
 ) -> list[AlertView]:
     query = (
-        select(Alert, Image.rel_path, Prediction.probability)
+        select(Alert, Image.rel_path, Prediction.probability, Image.location)
         .join(Image, Image.id == Alert.image_id)
         .outerjoin(Prediction, Prediction.id == Alert.prediction_id)
         .order_by(Alert.raised_at.desc(), Alert.id.desc())
@@ -73,7 +81,7 @@ def alerts(
         query = query.where(Alert.image_id == image_id)
     if limit is not None:
         query = query.limit(limit)
-    return [alert_view(session, a, path, p) for a, path, p in session.execute(query)]
+    return [alert_view(session, a, path, p, loc) for a, path, p, loc in session.execute(query)]
 
 
 def _tiles(session: Session, prediction_id: int) -> tuple[TileRecord, ...]:

@@ -39,10 +39,12 @@ from ._paths import FsPath
 
 __all__ = [
     "ALERT_KINDS",
+    "CASE_STATES",
     "JOB_STATES",
     "Alert",
     "AuditEvent",
     "Base",
+    "Case",
     "Heartbeat",
     "Heatmap",
     "Image",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 JOB_STATES = ("pending", "processing", "done", "duplicate", "failed")
+CASE_STATES = ("open", "closed")
 ALERT_KINDS = ("tumour-at-margin", "not-assessed")
 
 NAMING_CONVENTION = {
@@ -105,6 +108,32 @@ class ModelRow(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Case(Base):
+    """A specimen: the first folder under an export root. ``folder`` may identify a patient.
+
+    Open until closed by a person (``close_reason`` "closed", audited), or after it was
+    idle for the configured time ("idle"); a late image reopens it (``reopened`` counts).
+    """
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        UniqueConstraint("root_key", "folder"),
+        CheckConstraint("state IN ('open', 'closed')", name="state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    root_key: Mapped[str] = mapped_column(String(200))
+    folder: Mapped[str] = mapped_column(FsPath(1000))  # lossless, as images.rel_path
+    state: Mapped[str] = mapped_column(String(10))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_image_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(200))
+    close_reason: Mapped[str | None] = mapped_column(String(20))
+    close_note: Mapped[str | None] = mapped_column(Text)
+    reopened: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Image(Base):
     """One file version seen in the export folder: (root, path, size, mtime)."""
 
@@ -122,6 +151,11 @@ class Image(Base):
     um_per_px_source: Mapped[str | None] = mapped_column(String(40))
     profile: Mapped[str | None] = mapped_column(String(60))
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Where on the specimen (daemon/locations.py): case None for an image in no case folder.
+    case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    location: Mapped[str | None] = mapped_column(String(60))
+    location_source: Mapped[str | None] = mapped_column(String(20))
+    location_issue: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):

@@ -18,6 +18,10 @@ __all__ = [
     "AssessmentRecord",
     "AuditEventView",
     "AuditReport",
+    "CASE_IMAGE_STATES",
+    "CaseDetail",
+    "CaseImage",
+    "CaseView",
     "ClaimedJob",
     "Counters",
     "Discovery",
@@ -26,6 +30,8 @@ __all__ = [
     "HeartbeatView",
     "ImageDetail",
     "ImageRow",
+    "LocationStatus",
+    "Placement",
     "TileRecord",
 ]
 
@@ -161,6 +167,7 @@ class AlertView:
     acknowledged_by: str | None = None
     acknowledged_at: datetime | None = None
     ack_note: str | None = None
+    location: str | None = None  # the image's margin location (None: recorded before cases)
 
     @property
     def acknowledged(self) -> bool:
@@ -284,3 +291,92 @@ class AuditReport:
     first_bad_seq: int | None = None
     reason: str | None = None
     anchor_checked: bool = False
+
+
+# --- cases and margin locations --------------------------------------------------------
+
+#: an image's state within its case, worst first: the order a location's status takes.
+CASE_IMAGE_STATES = ("tumour", "not-assessable", "pending", "clear")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a newly seen image sits: its case folder and margin location.
+
+    ``case_folder`` is None for an image directly in the export root (no case).
+    ``source`` says how the location was found ("sidecar", "filename", "default");
+    ``issue`` is set when the input was bad (a sidecar that is not JSON, an unknown or
+    disagreeing location, no case folder): the image is still assessed, and the reason
+    is shown to a person.
+    """
+
+    case_folder: str | None
+    location: str
+    source: str
+    issue: str | None = None
+
+
+@dataclass(frozen=True)
+class LocationStatus:
+    """One margin location of a case: the worst state of its images."""
+
+    location: str
+    state: str  # one of CASE_IMAGE_STATES
+    images: int
+    max_probability: float | None
+    last_scan_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """A case with its overall status (worst location), counts and lifecycle."""
+
+    case_id: str
+    root_key: str
+    folder: str
+    state: str  # "open" | "closed"
+    status: str  # worst of CASE_IMAGE_STATES over its images; "empty" with none
+    counts: Mapping[str, int]  # images per CASE_IMAGE_STATES entry
+    locations: tuple[LocationStatus, ...]
+    images: int
+    issues: int  # images whose location came with a problem (see Placement.issue)
+    opened_at: datetime
+    last_image_at: datetime
+    closed_at: datetime | None
+    closed_by: str | None
+    close_reason: str | None
+    close_note: str | None
+    reopened: int
+
+    def label(self, show: str = "folder") -> str:
+        """What a screen or report calls the case: its folder name, or its opaque id."""
+        return self.folder if show == "folder" else f"case {self.case_id[:8]}"
+
+
+@dataclass(frozen=True)
+class CaseImage:
+    """One image of a case, with its state there and what was found."""
+
+    image_id: str
+    rel_path: str
+    location: str
+    location_source: str | None
+    location_issue: str | None
+    first_seen: datetime
+    state: str  # one of CASE_IMAGE_STATES
+    job_state: str
+    prediction_id: int | None
+    probability: float | None
+    threshold: float | None
+    decision: bool | None
+    model_digest: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class CaseDetail:
+    """A case, its images (oldest first) and the audit events about the case itself."""
+
+    case: CaseView
+    images: tuple[CaseImage, ...]
+    events: tuple[AuditEventView, ...]

@@ -7,10 +7,13 @@ whose writer transaction began with ``BEGIN IMMEDIATE`` on SQLite).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, inspect, text
+from marginwatch.engine.errors import DatabaseUnavailableError
+from sqlalchemy import Connection, Engine, inspect, text
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -23,6 +26,7 @@ __all__ = [
     "downgrade",
     "head_revision",
     "known_revisions",
+    "migrating",
     "upgrade",
 ]
 
@@ -30,7 +34,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Every revision, oldest first. Kept here so that opening a database (the auditor CLI,
 # the dashboard) checks the version without importing Alembic; a test asserts that this
 # equals the migrations directory's history. Append each new revision.
-REVISIONS: tuple[str, ...] = ("0001",)
+REVISIONS: tuple[str, ...] = ("0001", "0002")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -58,6 +62,36 @@ def current_revision(connection: Connection) -> str | None:
     if len(rows) > 1:
         return ",".join(sorted(rows))  # several heads: unknown to this code, refused
     return rows[0] if rows else None
+
+
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """One writing transaction for schema changes (upgrade or downgrade).
+
+    On SQLite, foreign-key enforcement is switched off for it, as SQLite's own procedure
+    for altering a table asks: Alembic's batch mode copies a table, drops the old one and
+    renames the copy, and dropping ``images`` while jobs and alerts point at it fails
+    with enforcement on, even though the copy keeps every id. ``PRAGMA foreign_key_check``
+    must find nothing before the commit; enforcement is back on afterwards.
+    """
+    with engine.connect() as connection:
+        sqlite = engine.dialect.name == "sqlite"
+        raw = connection.connection.driver_connection if sqlite else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")  # outside a transaction, or it is ignored
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise DatabaseUnavailableError(
+                            f"schema change left {len(broken)} broken foreign key(s), first "
+                            f"{tuple(broken[0])}; rolled back"
+                        )
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys = ON")
 
 
 def upgrade(connection: Connection, revision: str = "head") -> None:

@@ -33,6 +33,7 @@ from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
 from . import _jobs, _queries, audit, schema
+from ._case_store import CaseMethods
 from ._engine import Target, check_sqlite_file, make_engine, parse_target, translate_errors
 from .models import Alert, Heartbeat, Image, ModelRow, Prediction
 from .records import (
@@ -49,6 +50,7 @@ from .records import (
     HeartbeatView,
     ImageDetail,
     ImageRow,
+    Placement,
 )
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
@@ -66,7 +68,7 @@ def _now(now: datetime | None) -> datetime:
     return now
 
 
-class Store:
+class Store(CaseMethods):
     """An open database. Use :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(
@@ -143,7 +145,7 @@ class Store:
         """Migrate the schema to this code's head; returns the head revision."""
         if self.readonly:
             raise DatabaseUnavailableError(f"{self.location}: opened read-only; cannot upgrade")
-        with self._translate(), self._engine.begin() as connection:
+        with self._translate(), schema.migrating(self._engine) as connection:
             current = schema.current_revision(connection)
             self._refuse_newer(current)
             if current != schema.head_revision():
@@ -268,11 +270,17 @@ class Store:
         actor: str,
         *,
         now: datetime | None = None,
+        placement: Placement | None = None,
     ) -> Discovery | None:
-        """Record a new file version and its pending job; None if already recorded."""
+        """Record a new file version and its pending job; None if already recorded.
+
+        ``placement`` (case folder and margin location) puts the image in its case.
+        """
         now = _now(now)
         with self._write() as session:
-            return _jobs.discover(session, root_key, rel_path, size, mtime_ns, actor, now)
+            return _jobs.discover(
+                session, root_key, rel_path, size, mtime_ns, actor, now, placement=placement
+            )
 
     # --- the queue -----------------------------------------------------------------
 
