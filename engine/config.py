@@ -2,8 +2,8 @@
 
 A TOML file (``--config FILE`` or ``MARGINWATCH_CONFIG``) with four sections,
 ``[engine]``, ``[daemon]``, ``[dashboard]`` and ``[cases]`` (margin locations); every
-field has a default and carries its unit in its name. Any field can be overridden from the environment as
-``MARGINWATCH_<SECTION>__<FIELD>`` (for example ``MARGINWATCH_DAEMON__SETTLE_SECONDS=2``).
+field has a default and carries its unit in its name. Any field can be overridden from
+the environment as ``MARGINWATCH_<SECTION>__<FIELD>`` (for example ``MARGINWATCH_DAEMON__SETTLE_SECONDS=2``).
 
 Validation happens once, in :func:`load_config`; a bad value raises
 :class:`~marginwatch.engine.errors.ConfigError` naming the file (or variable), the
