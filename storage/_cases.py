@@ -158,7 +158,7 @@ def _case_images(session: Session, case_ids: list[str]) -> dict[str, list[CaseIm
         .outerjoin(Prediction, Prediction.id == Job.prediction_id)
         .outerjoin(ModelRow, ModelRow.id == Prediction.model_id)
         .where(Image.case_id.in_(case_ids))
-        .order_by(Image.first_seen, Image.id)
+        .order_by(Image.first_seen, Job.id)
     )
     for image, job, prediction, digest, flagged in session.execute(query):
         out[image.case_id].append(_case_image(image, job, prediction, digest, bool(flagged)))
