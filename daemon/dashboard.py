@@ -1,8 +1,10 @@
 """``marginwatch dashboard``: the theatre console, a separate read-only process.
 
     header   daemon state (heartbeat), model + digest, backend/device, demo banner
-    alerts   unacknowledged: tumour at margin (red), not assessed (amber), newest first
+    alerts   unacknowledged, naming their location: tumour at margin (red), not
+             assessed (amber), newest first
     picture  the latest alert's Grad-CAM (half blocks) beside its driving region
+    case     the current case: its specimen faces coloured by state (_case_panel.py)
     recent   time, case/image, probability, decision, latency
     footer   today's counters, queue depth, throughput, median latency
 
@@ -10,7 +12,8 @@
 trying while the file does not exist yet and says so); :func:`render` turns a snapshot
 into a rich renderable for a given size; :func:`run_dashboard` drives ``rich.live.Live``
 full screen, or prints one frame (``--once``). The console is access controlled, so it
-shows case and image names; logs never do. Imports no torch.
+shows case and image names (with ``cases.display = "id"`` the case folder's name is
+left out); logs never do. Imports no torch.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from marginwatch.engine.config import CasesConfig
 from marginwatch.engine.errors import MarginwatchError
 from marginwatch.engine.pathnames import display_path
 from rich import box
@@ -33,7 +37,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ._case_panel import case_panel, case_panel_rows
 from ._dashboard_picture import Picture, half_blocks, load_picture
+from .locations import location_label
 
 __all__ = ["Snapshot", "Source", "render", "run_ack", "run_dashboard"]
 
@@ -68,6 +74,8 @@ class Snapshot:
     queue_depth: int = 0
     per_minute: float | None = None
     median_latency_seconds: float | None = None
+    case: Any = None  # CaseDetail of the current case, or None
+    cases: CasesConfig = field(default_factory=CasesConfig)  # vocabulary, display label
 
 
 def _latency(row: Any) -> float | None:
@@ -93,7 +101,9 @@ class Source:
         max_pixels: int = 30_000 * 30_000,
         busy_timeout_seconds: float = 2.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cases: CasesConfig | None = None,
     ) -> None:
+        self.cases = cases or CasesConfig()
         self.db_url = db_url
         self.recent_rows = recent_rows
         self.stale_after_seconds = stale_after_seconds
@@ -127,7 +137,7 @@ class Source:
     def snapshot(self) -> Snapshot:
         now = self._clock()
         shot = Snapshot(now=now, db_location=self.db_url,
-                        stale_after_seconds=self.stale_after_seconds)
+                        stale_after_seconds=self.stale_after_seconds, cases=self.cases)
         try:
             store = self._open()
             shot.db_location = store.location
@@ -158,6 +168,7 @@ class Source:
             if box_ is not None:
                 shot.regions[alert.id] = box_
         shot.recent = store.recent_results(max(self.recent_rows, RECENT_ROWS_FETCHED))
+        shot.case = store.current_case()
         shot.counters = store.counters(_local_midnight(shot.now))
         shot.queue_depth = store.queue_depth()
         since = shot.now - THROUGHPUT_WINDOW
@@ -220,8 +231,13 @@ def _clock_time(when: datetime, now: datetime) -> str:
     return local.strftime("%d %b %H:%M")
 
 
-def _label(rel_path: str, width: int) -> str:
-    """``case/image`` shortened from the left (the image name is the part people act on)."""
+def _label(rel_path: str, width: int, display: str = "folder") -> str:
+    """``case/image`` shortened from the left (the image name is the part people act on).
+
+    ``display`` "id" (``cases.display``) leaves the case folder's name out.
+    """
+    if display == "id":
+        rel_path = rel_path.partition("/")[2] or rel_path
     rel_path = display_path(rel_path)  # any bytes, newlines, escapes: one printable line
     if len(rel_path) <= width:
         return rel_path
@@ -301,19 +317,21 @@ def _alert_rows(shot: Snapshot, width: int, rows: int) -> RenderableType:
     table.add_column(no_wrap=True, justify="right")  # probability
     table.add_column(no_wrap=True)  # region
     table.add_column(no_wrap=True, justify="right")  # age
-    label_width = max(12, width - (66 if wide else 56))
+    label_width = max(12, width - (86 if wide else 46))
     shown = shot.alerts[: max(1, rows - (1 if len(shot.alerts) > rows else 0))]
     for alert in shown:
         tumour = alert.kind == "tumour-at-margin"
         style = RED if tumour else AMBER
         box_ = shot.regions.get(alert.id)
-        region = "" if box_ is None else f"({box_[0]},{box_[1]})-({box_[2]},{box_[3]})"
+        region = "" if box_ is None or not wide else (
+            f"({box_[0]},{box_[1]})-({box_[2]},{box_[3]})")  # at 80 columns: room for names
+        what = ("TUMOUR AT MARGIN" if wide else "TUMOUR") if tumour else "NOT ASSESSED"
         table.add_row(
             f"#{alert.id}",
             _clock_time(alert.raised_at, shot.now),
-            ("TUMOUR AT MARGIN" if wide else "TUMOUR") if tumour else "NOT ASSESSED",
-            _label(alert.rel_path, label_width),
-            "" if alert.probability is None else f"p={alert.probability:.2f}",
+            f"{location_label(alert.location)} \u2014 {what}",
+            _label(alert.rel_path, label_width, _display(shot)),
+            "" if alert.probability is None else f"p {alert.probability:.2f}",
             region,
             _ago((shot.now - alert.raised_at).total_seconds()),
             style=style,
@@ -329,7 +347,8 @@ def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
     alert = shot.picture_alert
     if pic is None or alert is None:
         return Text("Grad-CAM of the newest tumour alert appears here.", style="dim")
-    head = Text(f"#{alert.id} {_label(alert.rel_path, max(10, width - 12))}", style="bold")
+    head = Text(f"#{alert.id} {location_label(alert.location)} "
+                f"{_label(alert.rel_path, max(10, width - 34), _display(shot))}", style="bold")
     if alert.probability is not None:
         head.append(f" p={alert.probability:.2f}", style="bold red")
     if pic.heatmap_rgb is None:
@@ -383,12 +402,29 @@ def _recent(shot: Snapshot, width: int, rows: int) -> RenderableType:
         stamp = _clock_time(when, shot.now)
         table.add_row(
             stamp if seconds else stamp[:5],
-            _label(row.rel_path, label_width),
+            _label(row.rel_path, label_width, _display(shot)),
             "" if row.probability is None else f"{row.probability:.2f}",
             _decision(row),
             "" if latency is None else f"{latency:.1f}s",
         )
     return table
+
+
+def _display(shot: Snapshot) -> str:
+    return shot.cases.display
+
+
+def _case_label(shot: Snapshot) -> str:
+    if shot.case is None:
+        return ""
+    c = shot.case.case
+    return display_path(c.folder) if _display(shot) == "folder" else c.label("id")
+
+
+def _case(shot: Snapshot, width: int) -> RenderableType:
+    cfg = shot.cases
+    return case_panel(shot.case, shot.now, width, vocabulary=cfg.locations,
+                      label=_case_label(shot), abbreviations=cfg.abbreviations)
 
 
 def _footer(shot: Snapshot, width: int) -> Text:
@@ -444,7 +480,18 @@ def render(shot: Snapshot, width: int, height: int) -> Layout:
         Layout(Panel(_picture_panel(shot, picture_width - edge, lower_rows - 2),
                      title=picture_title, title_align="left", box=box.ROUNDED,
                      padding=pad), name="picture", size=picture_width),
-        Layout(Panel(_recent(shot, width - picture_width - edge, lower_rows - 2),
+        Layout(name="right"),
+    )
+    right_width = width - picture_width
+    case_rows = min(case_panel_rows(shot.case, shot.cases.locations, right_width - 4) + 2,
+                    lower_rows - 4)
+    case_border = {"tumour": "red", "not-assessable": "dark_orange"}.get(
+        shot.case.case.status if shot.case is not None else "", "blue")
+    layout["right"].split_column(
+        Layout(Panel(_case(shot, right_width - 4), title="case (schematic of the specimen)",
+                     title_align="left", border_style=case_border, box=box.ROUNDED,
+                     padding=(0, 1)), name="case", size=case_rows),
+        Layout(Panel(_recent(shot, right_width - edge, lower_rows - case_rows - 2),
                      title="recent results", title_align="left", box=box.ROUNDED,
                      padding=pad), name="recent"),
     )
@@ -489,7 +536,7 @@ def run_dashboard(
     db_url = db or config.daemon.resolved_db_url()
     stale = max(10.0, 3 * config.daemon.heartbeat_seconds + 2.0)
     with Source(db_url, recent_rows=config.dashboard.recent_rows, stale_after_seconds=stale,
-                max_pixels=config.engine.max_pixels) as source:
+                max_pixels=config.engine.max_pixels, cases=config.cases) as source:
         if once:
             out = console or Console(width=width, height=height)
             w, h = width or out.size.width, height or out.size.height

@@ -100,7 +100,8 @@ def test_alerts_of_both_kinds(alerts_db: Path, width: int, height: int) -> None:
     assert "TUMOUR" in frame and "NOT ASSESSED" in frame
     assert "case-08/scan-004.tif" in frame  # the newest alert, by name a person can act on
     assert "p=0.91" in frame
-    assert "(0,0)-(64,64)" in frame  # the region that drove it
+    if width >= 120:  # at 80 columns the room goes to the alert's location instead
+        assert "(0,0)-(64,64)" in frame  # the region that drove it
     lines = frame.splitlines()
     newest = next(i for i, line in enumerate(lines) if "#3 " in line and "scan-004" in line)
     older = next(i for i, line in enumerate(lines) if "#1 " in line and "scan-002" in line)
