@@ -226,6 +226,74 @@ def audit_verify_command(
     raise typer.Exit(guarded(audit_verify, db, config, anchor))
 
 
+# --- case commands (list, show, close, report) ----------------------------------
+
+case_app = typer.Typer(
+    help="Cases (one per specimen folder) and their margin locations.", no_args_is_help=True
+)
+app.add_typer(case_app, name="case")
+CaseArgument = Annotated[
+    str, typer.Argument(metavar="CASE", help="Case id (or a unique prefix) or folder name.")
+]
+CaseJson = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
+
+
+@case_app.command("list")
+def case_list_command(
+    open_only: Annotated[bool, typer.Option("--open", help="Only cases still open.")] = False,
+    since: Annotated[
+        str | None, typer.Option(help="with an image at/after: ISO date/time (UTC) or 24h, 7d")
+    ] = None,
+    as_json: CaseJson = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Cases with their status (worst location) and counts, latest first (read-only)."""
+    from marginwatch.daemon._case_cli import case_list
+
+    guarded(case_list, db, config, open_only, since, as_json)
+
+
+@case_app.command("show")
+def case_show_command(
+    case: CaseArgument, as_json: CaseJson = False, db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """One case: status per location, its images and its audit events (read-only)."""
+    from marginwatch.daemon._case_cli import case_show
+
+    guarded(case_show, db, config, case, as_json)
+
+
+@case_app.command("close")
+def case_close_command(
+    case: CaseArgument,
+    by: Annotated[str, typer.Option("--by", help="Who closes it (recorded in the audit log).")],
+    note: Annotated[
+        str | None, typer.Option("--note", help="Optional note.", show_default=False)
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Close a case (audited); a later image reopens it, visibly and audited."""
+    from marginwatch.daemon._case_cli import case_close
+
+    guarded(case_close, db, config, case, by, note, echo=typer.echo)
+
+
+@case_app.command("report")
+def case_report_command(
+    case: CaseArgument,
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the HTML report into.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """One self-contained HTML file for the pathology record (research use; read-only)."""
+    from marginwatch.daemon._case_cli import case_report
+
+    guarded(case_report, db, config, case, out, echo=typer.echo)
+
+
 # --- daemon commands (run) -------------------------------------------------------
 
 
