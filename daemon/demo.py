@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from marginwatch.engine.errors import DaemonError, MarginwatchError
 
 from ._scanner import SimulatedScanner
@@ -81,21 +82,11 @@ def _demo_model() -> Path:
 # --- the daemon child -------------------------------------------------------------------
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_demo_config(path: Path, *, export: Path, state: Path, model: Path) -> Path:
     daemon = {"watch_dir": str(export), "state_dir": str(state), "model_dir": str(model),
               **DAEMON_SETTINGS}
-    lines = ["# written by `marginwatch demo`; research use, synthetic data", "[daemon]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in daemon.items()]
-    lines += ["", "[engine]"] + [f"{k} = {_toml(v)}" for k, v in ENGINE_SETTINGS.items()]
-    path.write_text("\n".join(lines) + "\n")
+    header = "# written by `marginwatch demo`; research use, synthetic data\n"
+    path.write_text(header + tomli_w.dumps({"daemon": daemon, "engine": ENGINE_SETTINGS}))
     return path
 
 

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from string import Template
 from urllib.parse import parse_qs, urlsplit
 
+import tomli_w
 from marginwatch.engine.errors import DeploymentError
 
 __all__ = ["DEFAULT_PREFIX", "InstallOptions", "install_systemd", "units_source_dir"]
@@ -366,14 +367,9 @@ def _configured_db_url(path: Path) -> str | None:
 
 
 def _config_text(source: Path, db_url: str | None) -> str:
-    line = f"db_url = {_toml_string(db_url)}" if db_url else ""
+    line = tomli_w.dumps({"db_url": db_url}).rstrip("\n") if db_url else ""
     text = Template((source / "marginwatch.toml.in").read_text()).substitute(DB_URL_LINE=line)
     return text.replace("\n\n\n", "\n\n")
-
-
-def _toml_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def _export_dir_text(source: Path, export_dir: PurePosixPath) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 MARGINWATCH = str(Path(sys.executable).with_name("marginwatch"))
 FINAL_STATES = ("done", "duplicate", "failed")
 
@@ -43,23 +45,19 @@ def _command() -> list[str]:
     return [MARGINWATCH]
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_config(path: Path, daemon: dict[str, Any], engine: dict[str, Any]) -> Path:
-    lines = ["[daemon]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in {**DAEMON_DEFAULTS, **daemon}.items()]
-    lines += ["", "[engine]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in {**ENGINE_DEFAULTS, **engine}.items()]
-    path.write_text("\n".join(lines) + "\n")
+    sections = {"daemon": {**DAEMON_DEFAULTS, **daemon}, "engine": {**ENGINE_DEFAULTS, **engine}}
+    path.write_text(tomli_w.dumps(_toml_ready(sections)))
     return path
+
+
+def _toml_ready(value: Any) -> Any:
+    """Paths as strings (TOML has no path type); everything else as given."""
+    if isinstance(value, dict):
+        return {key: _toml_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_toml_ready(item) for item in value]
+    return str(value) if isinstance(value, os.PathLike) else value
 
 
 def write_image(path: Path, seed: int, side: int = 96) -> Path:

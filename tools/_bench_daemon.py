@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from ._bench_stats import summarise
 
 __all__ = ["DaemonRun", "marginwatch_command", "run_daemon_case"]
@@ -98,16 +100,13 @@ class DaemonRun:
 
     def _config_text(self) -> str:
         s = self.settings
-        return (
-            "[engine]\n"
-            f'backend = "{s["backend"]}"\nprecision = "{s["precision"]}"\n'
-            "[daemon]\n"
-            f'observer = "{s["observer"]}"\nsettle_seconds = {s["settle_seconds"]}\n'
-            f'poll_interval_seconds = {s["poll_interval_seconds"]}\n'
-            f'max_batch_wait_ms = {s["max_batch_wait_ms"]}\nworkers = {s["workers"]}\n'
-            "rescan_seconds = 3600\nheartbeat_seconds = 2\n"
-            f'state_dir = "{self.db_path.parent}"\n'
-        )
+        daemon = {key: s[key] for key in ("observer", "settle_seconds", "poll_interval_seconds",
+                                          "max_batch_wait_ms", "workers")}
+        return tomli_w.dumps({
+            "engine": {"backend": s["backend"], "precision": s["precision"]},
+            "daemon": {**daemon, "rescan_seconds": 3600, "heartbeat_seconds": 2,
+                       "state_dir": str(self.db_path.parent)},
+        })
 
     def start(self) -> None:
         for folder in (self.case, self.staging, self.db_path.parent):
