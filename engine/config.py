@@ -3,7 +3,9 @@
 A TOML file (``--config FILE`` or ``MARGINWATCH_CONFIG``) with four sections,
 ``[engine]``, ``[daemon]``, ``[dashboard]`` and ``[cases]`` (margin locations); every
 field has a default and carries its unit in its name. Any field can be overridden from
-the environment as ``MARGINWATCH_<SECTION>__<FIELD>`` (for example ``MARGINWATCH_DAEMON__SETTLE_SECONDS=2``).
+the environment as ``MARGINWATCH_<SECTION>__<FIELD>`` (for example
+``MARGINWATCH_DAEMON__SETTLE_SECONDS=2``; pydantic-settings' ``env_nested_delimiter``
+reads them; a list is comma-separated).
 
 Validation happens once, in :func:`load_config`; a bad value raises
 :class:`~marginwatch.engine.errors.ConfigError` naming the file (or variable), the
@@ -18,7 +20,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from ._cases_config import CasesConfig
 from .errors import ConfigError
@@ -174,31 +184,56 @@ def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
     return node
 
 
+class _EnvironmentBase(BaseSettings):
+    """Where pydantic-settings looks: ``MARGINWATCH_<SECTION>__<FIELD>``, section and field
+    in any case.
+
+    Values stay raw strings here; :class:`Config` validates them with the file's values,
+    so a bad variable gets the same message as a bad TOML value.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+    )
+
+
+#: one ``dict`` field per configuration section
+_Environment = create_model(
+    "_Environment",
+    __base__=_EnvironmentBase,
+    **{section: (dict[str, Any], Field(default_factory=dict)) for section in _SECTIONS},
+)
+
+
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``MARGINWATCH_SECTION__FIELD=value`` -> ``{section: {field: value}}``."""
-    out: dict[str, dict[str, Any]] = {}
-    names: list[str] = []
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
-            continue
-        section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
+    """``MARGINWATCH_SECTION__FIELD=value`` -> ``{section: {field: value}}``, and the names used."""
+    names = {key.lower(): key for key in environ if key.startswith(ENV_PREFIX) and "__" in key}
+    for lowered, key in names.items():
+        section = lowered[len(ENV_PREFIX) :].partition("__")[0]
         if section not in _SECTIONS:
             raise ConfigError(
                 f"environment variable {key}: unknown section {section!r}; "
                 f"expected one of {sorted(_SECTIONS)}"
             )
-        if field not in _SECTIONS[section].model_fields:
-            raise ConfigError(
-                f"environment variable {key}: unknown field {section}.{field}; "
-                f"expected one of {sorted(_SECTIONS[section].model_fields)}"
-            )
-        value: Any = raw
-        annotation = str(_SECTIONS[section].model_fields[field].annotation)
-        if annotation.startswith("list"):
-            value = [part.strip() for part in raw.split(",") if part.strip()]
-        out.setdefault(section, {})[field] = value
-        names.append(key)
-    return out, names
+    source = EnvSettingsSource(_Environment)
+    lowered_environ = {lowered: environ[key] for lowered, key in names.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for section, model in _SECTIONS.items():
+        fields = source.explode_env_vars(section, _Environment.model_fields[section],
+                                         lowered_environ)
+        for field, value in fields.items():
+            if field not in model.model_fields or isinstance(value, dict):  # a__b: nested
+                base = f"{ENV_PREFIX.lower()}{section}__{field}"
+                key = next(k for low, k in names.items() if low.split("__")[:2] == base.split("__"))
+                shown = key[len(ENV_PREFIX) :].lower().partition("__")[2]
+                raise ConfigError(
+                    f"environment variable {key}: unknown field {section}.{shown}; "
+                    f"expected one of {sorted(model.model_fields)}"
+                )
+            if str(model.model_fields[field].annotation).startswith("list"):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            out.setdefault(section, {})[field] = value
+    return out, list(names.values())
 
 
 def load_config(

@@ -75,6 +75,47 @@ def test_bad_environment_variable_is_named() -> None:
         load_config(environ={"MARGINWATCH_DAEMON__SETTLE_SECONDS": "soon"})
 
 
+def test_environment_names_and_messages_are_todays() -> None:
+    """The variable names (section and field in any case) and the one-line messages."""
+    config = load_config(environ={
+        "MARGINWATCH_daemon__Settle_Seconds": "1.5",
+        "MARGINWATCH_DASHBOARD__BELL": "false",
+        "MARGINWATCH_ENGINE__DEFAULT_PROFILE": "rgb",
+        "MARGINWATCH_DAEMON__IMAGE_GLOBS": "*.tif,,*.png ",
+        "MARGINWATCH_CONFIG_UNUSED": "no double underscore: not an override",
+        "OTHER__VARIABLE": "1",
+    })
+    assert config.daemon.settle_seconds == 1.5
+    assert config.dashboard.bell is False
+    assert config.engine.default_profile == "rgb"
+    assert config.daemon.image_globs == ["*.tif", "*.png"]
+    assert config.source == (
+        "defaults + environment (MARGINWATCH_DAEMON__IMAGE_GLOBS, MARGINWATCH_DASHBOARD__BELL, "
+        "MARGINWATCH_ENGINE__DEFAULT_PROFILE, MARGINWATCH_daemon__Settle_Seconds)"
+    )
+    expected = {
+        "MARGINWATCH_NOPE__X": "environment variable MARGINWATCH_NOPE__X: unknown section 'nope'; "
+        "expected one of ['cases', 'daemon', 'dashboard', 'engine']",
+        "MARGINWATCH_DASHBOARD__NOPE": "environment variable MARGINWATCH_DASHBOARD__NOPE: unknown "
+        "field dashboard.nope; expected one of ['bell', 'recent_rows', 'refresh_per_second']",
+        "MARGINWATCH_DASHBOARD__BELL__X": "environment variable MARGINWATCH_DASHBOARD__BELL__X: "
+        "unknown field dashboard.bell__x; expected one of ['bell', 'recent_rows', "
+        "'refresh_per_second']",
+        "MARGINWATCH_DASHBOARD__RECENT_ROWS": "defaults + environment "
+        "(MARGINWATCH_DASHBOARD__RECENT_ROWS): dashboard.recent_rows: got 'many'; expected "
+        "input should be a valid integer, unable to parse string as an integer",
+    }
+    for name, message in expected.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(environ={name: "many"})
+        assert str(info.value) == message
+
+
+def test_environment_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARGINWATCH_DASHBOARD__RECENT_ROWS", "7")
+    assert load_config().dashboard.recent_rows == 7
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml", environ={})
