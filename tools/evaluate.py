@@ -26,10 +26,11 @@ import numpy as np
 from marginwatch.engine.config import Config, load_config
 from marginwatch.engine.errors import InputError, ManifestError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from . import metrics
 from ._manifest import Manifest, load_manifest
+from ._progress import progress_bar
 from ._report import GalleryItem, plot_reliability, plot_roc, write_gallery, write_markdown
 
 __all__ = ["evaluate"]
@@ -187,14 +188,7 @@ def evaluate(
             old.unlink()
 
     scored: dict[str, _Scored] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar(console) as bar:
         for name, manifest in manifests.items():
             scored[name] = _score(name, manifest, model, config, backend, bar, gallery_per_outcome)
 

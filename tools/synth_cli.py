@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from ._progress import progress_bar
 from .synth import write_dataset
 
 __all__ = ["run_synth"]
@@ -19,14 +19,7 @@ def run_synth(out: Path, **options) -> None:
     """Write the dataset, then print one summary line per centre and label."""
     console = Console(stderr=True)
     started = time.perf_counter()
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("synthetic images", total=None)
         rows = write_dataset(
             out,

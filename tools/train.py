@@ -40,7 +40,7 @@ import torch
 from marginwatch.engine.config import Config, EngineConfig, load_config
 from marginwatch.engine.errors import ConfigError, ModelError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn
 
 from . import metrics
 from ._augment import Augmentation
@@ -50,6 +50,7 @@ from ._manifest import Manifest
 from ._objective import AdaptiveClassWeights, FocalLoss, fit_temperature
 from ._options import TrainOptions, preflight
 from ._pretrained import load_pretrained
+from ._progress import progress_bar
 from ._splits import Split
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
@@ -400,14 +401,7 @@ def train(
     engine = config.engine
     caches = {}
     skipped: dict[str, list[str]] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar(console) as bar:
         for name, indices in (("train", train_idx), ("val", list(split.val))):
             task = bar.add_task(f"reading {name} images", total=len(indices))
             caches[name], skipped[name] = build_cache(
@@ -436,14 +430,7 @@ def train(
     _write_split_manifests(out / "splits", manifest, split)
     loop_started = time.perf_counter()
     previous = sum(h["seconds"] for h in trainer.history)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    ) as bar:
+    with progress_bar(console, TextColumn("{task.fields[info]}"), transient=False) as bar:
         task = bar.add_task("epoch", total=trainer.steps_per_epoch, info="")
         while stopped is None:
             if trainer.epoch >= options.epochs:
