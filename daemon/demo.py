@@ -34,6 +34,7 @@ from typing import Any
 
 import tomli_w
 from marginwatch.engine.errors import DaemonError, MarginwatchError
+from marginwatch.models import demo_model_dir
 
 from ._scanner import SimulatedScanner
 
@@ -69,12 +70,12 @@ def demo_root() -> Path:
 
 
 def _demo_model() -> Path:
-    """The bundled synthetic demo model (``models/demo``), or a clear error."""
-    folder = Path(__file__).resolve().parents[1] / "models" / "demo"
+    """The bundled synthetic demo model (``models/demo``, package data), or a clear error."""
+    folder = demo_model_dir()
     if not (folder / "model.json").is_file():
         raise DaemonError(
             f"{folder}: the synthetic demo model is missing (no model.json); "
-            "run the demo from a marginwatch source checkout"
+            "reinstall marginwatch, or run the demo from a source checkout"
         )
     return folder
 

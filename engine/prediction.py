@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from marginwatch.models import demo_model_dir
+
 from .config import load_config
 from .errors import InputError, ModelError
 
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_NOT_ASSESSED = 2
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEMO_MODEL_DIR = demo_model_dir()  # package data: in the wheel, and models/demo in a checkout
 NOTICE = "marginwatch: research use only, not a diagnosis; not a medical device."
 DEMO_NOTICE = (
     "marginwatch: this model is a SYNTHETIC DEMO trained on generated images; its outputs "
@@ -36,7 +38,7 @@ DEMO_NOTICE = (
 
 
 def default_model_dir(configured: Path | None = None) -> Path:
-    """``--model`` default: daemon.model_dir from the config, else ``<repo>/models/demo``.
+    """``--model`` default: daemon.model_dir from the config, else the bundled demo model.
 
     A configured folder is returned as it is, even when it is missing (loading it then
     says so): a site model that went astray must never be replaced silently by the

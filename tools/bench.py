@@ -106,8 +106,9 @@ def _plan(options: BenchOptions) -> _Plan:
 
 
 def _repo_demo() -> Path | None:
-    for candidate in (Path.cwd() / "models" / "demo",
-                      Path(__file__).resolve().parents[1] / "models" / "demo"):
+    from marginwatch.models import demo_model_dir
+
+    for candidate in (Path.cwd() / "models" / "demo", demo_model_dir()):
         if (candidate / "model.json").is_file():
             return candidate
     return None
