@@ -1,6 +1,8 @@
 """The batcher's streaming side: announced images, chunked feeds, backpressure, no idle wait.
 
-A real batcher thread on a stand-in backend (a function), as in test_daemon_units.
+A real batcher thread on a stand-in backend (a function), as in test_daemon_units; its
+waiting is driven by its injectable clock. Where a test shows that something did NOT
+happen, it waits (bounded) for the event that would show that it did.
 """
 
 from __future__ import annotations
@@ -37,27 +39,43 @@ def _tiles(first: int, count: int) -> torch.Tensor:
     return tiles
 
 
+class FakeClock:
+    """The batcher's clock, moved by the test only."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_sends_at_once_when_nothing_else_is_coming() -> None:
-    done: list[float] = []
+    done: list[str] = []
     upstream = [0]
-    batcher = TileBatcher(_ids, lambda w, i, e: done.append(time.monotonic()),
+    clock = FakeClock()
+    batcher = TileBatcher(_ids, lambda w, i, e: done.append(w),
                           max_batch_tiles=16, max_batch_wait_ms=5000,
-                          upstream=lambda: upstream[0])
+                          upstream=lambda: upstream[0], clock=clock)
     with batcher:
-        start = time.monotonic()
         batcher.submit("a", _tiles(0, 1))
+        # sent with the clock standing still: not the 5 s wait (no other image queued or read)
         assert _wait(lambda: bool(done))
-        assert done[0] - start < 1.0  # not the 5 s wait: no other image queued or read
-        # another image being read: it waits for company (up to the wait), then sends
+        # another image being read: it waits for company, up to the wait, then sends
         upstream[0] = 1
-        start = time.monotonic()
         batcher.submit("b", _tiles(0, 1))
-        time.sleep(0.3)
-        assert len(done) == 1
+        clock.now += 4.9
+        batcher.poke()
+        assert not _wait(lambda: len(done) == 2, 1.0)  # 4.9 s of 5: still waiting
         upstream[0] = 0
         batcher.poke()  # that image left the readers (e.g. it was a duplicate)
         assert _wait(lambda: len(done) == 2)
-        assert done[1] - start < 4.0
+        # company expected again: it waits until the clock passes max_batch_wait_ms
+        upstream[0] = 1
+        batcher.submit("c", _tiles(0, 1))
+        assert not _wait(lambda: len(done) == 3, 0.5)
+        clock.now += 5.001
+        assert _wait(lambda: len(done) == 3)
+    assert done == ["a", "b", "c"]
 
 
 def test_streamed_image_keeps_tile_order_and_feed_blocks_when_full() -> None:
@@ -85,9 +103,9 @@ def test_streamed_image_keeps_tile_order_and_feed_blocks_when_full() -> None:
         ticket = batcher.open("mosaic", 20)
         thread = threading.Thread(target=reader, args=(ticket,))
         thread.start()
-        time.sleep(0.3)
+        assert _wait(lambda: bool(fed))
         # the backend holds its first batch: the reader stops once 4 more tiles wait
-        assert fed and fed[-1] <= 4 + 4 + 3
+        assert not _wait(lambda: fed[-1] > 4 + 4 + 3 or not thread.is_alive(), 1.0), fed
         release.set()
         thread.join(5)
         assert _wait(lambda: "mosaic" in results)
@@ -133,8 +151,8 @@ def test_cancelled_image_is_dropped_and_stop_unblocks_a_waiting_reader() -> None
     answer: list[bool] = []
     waiting = threading.Thread(target=lambda: answer.append(batcher.feed(b, _tiles(4, 2))))
     waiting.start()
-    time.sleep(0.2)
-    assert not answer  # blocked: the buffer is full
+    waiting.join(0.5)
+    assert waiting.is_alive() and not answer  # blocked: the buffer is full
     batcher.stop(drain=False, timeout=0.1)
     waiting.join(5)
     release.set()

@@ -171,6 +171,14 @@ def test_observer_reports_new_case_folders_and_renames(tmp_path, path_filter, ki
         assert ("moved_in", "case9/a.tif") in seen
 
 
+def _wait(predicate, seconds: float) -> bool:  # noqa: ANN001
+    """Poll ``predicate`` for up to ``seconds`` of real time; its last value."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return predicate()
+
+
 @dataclasses.dataclass
 class FakeInference:
     logits: torch.Tensor
@@ -198,12 +206,14 @@ def test_batcher_batches_across_images_and_keeps_tile_order() -> None:
         assert exc is None
         done[work] = inference
 
-    batcher = TileBatcher(infer, on_done, max_batch_tiles=4, max_batch_wait_ms=200)
+    clock = FakeClock()  # standing still: only a full batch goes until the test moves it
+    batcher = TileBatcher(infer, on_done, max_batch_tiles=4, max_batch_wait_ms=200, clock=clock)
     with batcher:
         for name, count, base in (("a", 3, 0), ("b", 3, 10), ("c", 1, 20)):
             tiles = torch.zeros(count, 3, 2, 2)
             tiles[:, 0, 0, 0] = torch.arange(count) + base
             batcher.submit(name, tiles)
+        clock.now += 0.2  # the rest has waited max_batch_wait_ms
         deadline = time.monotonic() + 5
         while len(done) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -218,14 +228,16 @@ def test_batcher_does_not_wait_longer_than_max_batch_wait() -> None:
     def infer(batch):
         return FakeInference(torch.zeros(batch.shape[0], 2), torch.zeros(batch.shape[0]))
 
-    batcher = TileBatcher(infer, lambda w, i, e: done.append(time.monotonic()),
-                          max_batch_tiles=64, max_batch_wait_ms=50)
+    clock = FakeClock()
+    batcher = TileBatcher(infer, lambda w, i, e: done.append(clock()),
+                          max_batch_tiles=64, max_batch_wait_ms=50, clock=clock)
     with batcher:
-        start = time.monotonic()
+        start = clock()
         batcher.submit("a", torch.zeros(1, 3, 2, 2))
-        while not done and time.monotonic() - start < 5:
-            time.sleep(0.005)
-    assert done and done[0] - start < 1.0
+        assert not _wait(lambda: bool(done), 0.3)  # 0 of 50 ms waited: it waits for company
+        clock.now += 0.05
+        assert _wait(lambda: bool(done), 5)
+    assert done and done[0] - start == pytest.approx(0.05)
 
 
 def test_batcher_reports_backend_failure_for_every_member() -> None:
