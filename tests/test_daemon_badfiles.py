@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_support import Daemon, all_final, query, wait_for, write_image
+from daemon_support import Daemon, all_final, query, wait_for, write_image
 
 NOBODY = 65534
 

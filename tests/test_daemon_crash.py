@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (
+from daemon_support import (
     Daemon,
     all_final,
     assert_audit_ok,

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from daemon_support import MARGINWATCH, Daemon, states, wait_for, write_image
 from marginwatch.storage._paths import decode_path
-from test_daemon_support import MARGINWATCH, Daemon, states, wait_for, write_image
 
 ODD = [
     b"case1/x\xff.tif",  # not UTF-8

@@ -12,11 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+from daemon_support import write_image
 from marginwatch.daemon._stages import load_stages
 from marginwatch.daemon.pipeline import Pipeline, Settings
 from marginwatch.engine.config import load_config
 from marginwatch.storage import Store
-from test_daemon_support import write_image
 
 
 class CountingStore:

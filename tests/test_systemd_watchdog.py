@@ -170,7 +170,7 @@ def test_the_real_daemon_pings_and_a_frozen_one_is_noticed(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     """``marginwatch run`` under WATCHDOG_USEC: pings after READY=1; frozen, it stops."""
-    from test_daemon_support import Daemon, write_image
+    from daemon_support import Daemon, write_image
 
     watch = tmp_path / "export"
     work = tmp_path / "state"
