@@ -316,23 +316,44 @@ def audit_export(db: str | None, config: Path | None, fmt: str, out_path: Path) 
 
 
 def audit_verify(db: str | None, config: Path | None, anchor: Path | None) -> int:
-    """0 when the chain (and the anchor, if given) is intact, else 1."""
+    """0 when the chain, the clinical rows and the anchor are intact, else 1.
+
+    Without ``--anchor`` the daemon's own anchor (``daemon.anchor_file``, default beside
+    the SQLite file) is checked when it exists, and left as it is.
+    """
+    from marginwatch.engine.config import load_config
     from marginwatch.storage import AuditAnchor
 
     with _open(db, config, readonly=True) as store:
+        kept = None
+        if anchor is None:
+            daemon = load_config(config).daemon
+            kept = daemon.anchor_file or store.default_anchor_path(daemon.state_dir)
         existed = anchor is not None and anchor.exists()
-        report = store.verify_audit(anchor if existed else None)
+        check = anchor if existed else (kept if kept is not None and kept.exists() else None)
+        report = store.verify_audit(check)
         where = store.location
     if not report.ok:
-        print(
-            f"{where}: audit chain BROKEN at event seq {report.first_bad_seq}: "
-            f"{report.reason} ({report.events} event(s) verified before it)"
-        )
+        if report.bad_row is not None:
+            print(f"{where}: clinical record {report.bad_row} DISAGREES with the audit chain: "
+                  f"{report.reason}")
+        else:
+            print(
+                f"{where}: audit chain BROKEN at event seq {report.first_bad_seq}: "
+                f"{report.reason} ({report.events} event(s) verified before it)"
+            )
+        if check is not None and report.anchor_checked:
+            print(f"{check}: anchor checked")
         return 1
+    legacy = (f"; {report.rows_legacy} older row(s) carry no digest" if report.rows_legacy
+              else "")
     print(
         f"{where}: audit chain intact: {report.events} event(s), head seq {report.head_seq} "
-        f"hash {report.head_hash}"
+        f"hash {report.head_hash}; {report.rows_checked} clinical row(s) match their "
+        f"digests{legacy}"
     )
+    if kept is not None and check is not None:
+        print(f"{check}: the daemon's anchor is in the chain")
     if anchor is not None:
         try:
             AuditAnchor(report.head_seq, report.head_hash).write(anchor)

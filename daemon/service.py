@@ -40,9 +40,11 @@ from typing import Any
 
 from marginwatch.engine.config import Config, load_config
 from marginwatch.engine.errors import (
+    AuditChainError,
     ConfigError,
     ConflictError,
     DaemonError,
+    DatabaseUnavailableError,
     MarginwatchError,
     NotFoundError,
     StorageError,
@@ -329,13 +331,15 @@ class Service:
                     self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner,
                     placement=self._placement(ready.rel_path),
                 )
-            except StorageError:
+            except DatabaseUnavailableError:
                 # The database, not the file: these files wait again (nothing is lost
                 # until the next rescan), and the step is retried.
                 for later in ready_files[index:]:
                     self.tracker.note("scan", later.rel_path)
                 raise
             except Exception as exc:  # noqa: BLE001 - one file never stops the daemon
+                # (a row the database refuses, e.g. a name longer than a column holds,
+                # must not hold up the files after it)
                 logger.error("a ready file could not be recorded (%s); skipped until it changes",
                              type(exc).__name__)
                 found = None
@@ -499,6 +503,18 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
+def _keep_anchor(store: Any, d: Any, owner: str) -> None:
+    """Keep the audit chain's head in the anchor file; a mismatch is recorded, not fatal."""
+    path = d.anchor_file or store.default_anchor_path(d.state_dir)
+    try:
+        store.keep_anchor(path, d.anchor_every_events)
+    except AuditChainError as exc:
+        # The service still runs (theatre needs it); the anchor is left as evidence.
+        logger.error("audit anchor NOT kept: %s", exc)
+        store.audit("audit.anchor_mismatch", owner, {"anchor": str(path), "error": str(exc)},
+                    owner)
+
+
 def run_daemon(
     *,
     watch: Path | None,
@@ -536,6 +552,7 @@ def run_daemon(
     store = Store.open(d.resolved_db_url(), upgrade=True,
                        busy_timeout_seconds=d.db_busy_timeout_seconds)
     try:
+        _keep_anchor(store, d, owner)
         store.audit("config.loaded", owner, {
             "source": config.source, "config": config.model_dump(mode="json")}, owner)
         stages, infer, model_id, described = load_stages(config, store, actor=owner,

@@ -115,7 +115,13 @@ class DaemonConfig(_Section):
     db_busy_timeout_seconds: float = Field(
         10.0, ge=0, description="how long an SQLite writer waits for the lock before giving up"
     )
-    anchor_file: Path | None = None
+    anchor_file: Path | None = Field(
+        None, description="where the daemon keeps the audit chain's head (the anchor); "
+        "default: beside the SQLite file (<db>.anchor.json), else state_dir/audit-anchor.json"
+    )
+    anchor_every_events: int = Field(
+        20, ge=1, description="rewrite the anchor after this many new audit events (and at stop)"
+    )
 
     def resolved_db_url(self) -> str:
         """The database URL: ``db_url``, else an SQLite file in ``state_dir``."""

@@ -191,7 +191,7 @@ def _translate(
         if "lock" in lowered and "timeout" in lowered:
             return DatabaseUnavailableError(f"{where}: database is locked ({detail})")
     if "append-only" in lowered:
-        return StorageError(f"{where}: the audit log is append-only ({detail})")
+        return StorageError(f"{where}: refused, the record is append-only ({detail})")
     return StorageError(f"{where}: database error: {detail}")
 
 

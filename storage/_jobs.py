@@ -21,7 +21,7 @@ from marginwatch.engine.pathnames import display_path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import _cases, audit
+from . import _cases, _digests, audit
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
 from .records import (
     AssessmentRecord,
@@ -193,7 +193,7 @@ def record_assessment(
     )
     session.add(prediction)
     session.flush()
-    session.add_all(
+    tiles = [
         Tile(
             prediction_id=prediction.id,
             idx=i,
@@ -204,15 +204,16 @@ def record_assessment(
             probability=t.probability,
         )
         for i, t in enumerate(result.tiles)
-    )
+    ]
+    session.add_all(tiles)
+    heatmap = None
     if result.heatmap_png is not None:
-        session.add(
-            Heatmap(
-                prediction_id=prediction.id,
-                png=result.heatmap_png,
-                scale=result.heatmap_scale or 1.0,
-            )
+        heatmap = Heatmap(
+            prediction_id=prediction.id,
+            png=result.heatmap_png,
+            scale=result.heatmap_scale or 1.0,
         )
+        session.add(heatmap)
     session.flush()
     alert_id = None
     if result.decision:
@@ -246,6 +247,7 @@ def record_assessment(
             "decision": result.decision,
             "threshold": result.threshold,
             "tiles": len(result.tiles),
+            "digests": _digests.assessment_digests(prediction, tiles, heatmap),
         },
         actor,
         now,
@@ -259,6 +261,7 @@ def record_assessment(
                 "alert_id": alert_id,
                 "kind": "tumour-at-margin",
                 "prediction_id": prediction.id,
+                "digests": _digests.alert_digests(alert),
             },
             actor,
             now,
@@ -384,7 +387,8 @@ def fail_final(
         session,
         "alert.raised",
         job.image_id,
-        {"alert_id": alert.id, "kind": "not-assessed", "job_id": job.id},
+        {"alert_id": alert.id, "kind": "not-assessed", "job_id": job.id,
+         "digests": _digests.alert_digests(alert)},
         actor,
         now,
     )

@@ -4,7 +4,10 @@ Each event stores ``hash = SHA-256(canonical JSON of [seq, ts, actor, action,
 object_id, payload, prev_hash])`` where ``payload`` is the event's canonical JSON text
 exactly as stored and ``prev_hash`` is the hash of event ``seq - 1`` (64 zeros for the
 first). ``seq`` runs 1, 2, 3, ... without gaps. So an edited field, a deleted, inserted
-or reordered event all break a link that :func:`verify_chain` names.
+or reordered event all break a link that :func:`verify_chain` names. Events that record
+clinical rows carry those rows' digests (:mod:`._digests`), and :func:`verify_chain`
+recomputes them from the rows: an edited, deleted or unrecorded prediction, tile set,
+heatmap or alert is named too.
 
 What a chain cannot show by itself is a cut-off tail or a wholesale rewrite: for that
 the head (seq + hash) is written outside the database, an *anchor* (:class:`AuditAnchor`),
@@ -14,15 +17,18 @@ Appends are serialised so that concurrent writers cannot fork the chain: SQLite 
 already hold the database's write lock (``BEGIN IMMEDIATE``); on PostgreSQL each
 writing transaction takes ``pg_advisory_xact_lock`` first. The primary key on ``seq``
 and the unique hash are the last line of defence. UPDATE and DELETE are refused by
-triggers on both backends (created in the first migration).
+triggers on both backends (created in the first migration; migration 0003 adds them to
+the clinical tables, where an alert may only be acknowledged, once).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,11 +39,13 @@ from marginwatch.engine.errors import AuditChainError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from ._digests import check_rows
 from .models import AuditEvent
 from .records import AuditEventView, AuditReport
 
 __all__ = [
     "GENESIS_HASH",
+    "AnchorKeeper",
     "AuditAnchor",
     "append_event",
     "canonical_json",
@@ -45,6 +53,8 @@ __all__ = [
     "lock_chain",
     "verify_chain",
 ]
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 # Any constant works; this one spells "mwaudit" so it is recognisable in pg_locks.
@@ -110,6 +120,7 @@ def append_event(
     )
     session.add(event)
     session.flush()
+    session.info["audit_head"] = (event.seq, event.hash)  # for the anchor, after commit
     return event
 
 
@@ -182,11 +193,70 @@ class AuditAnchor:
             raise
 
 
+class AnchorKeeper:
+    """Keeps an anchor file at the chain head as events are appended (the daemon's).
+
+    :meth:`advance` is told each committed head; the file is rewritten (atomically)
+    once ``every_events`` new events have been added since it last was, and by
+    :meth:`flush`. It never moves backwards, and it refuses to start over an anchor
+    that the chain no longer holds (:meth:`check_start`): that file is evidence.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], every_events: int) -> None:
+        self.path = Path(path)
+        self.every_events = max(1, every_events)
+        self._lock = threading.Lock()
+        self._written: AuditAnchor | None = None
+        self._head: AuditAnchor | None = None
+        self.failed = False
+
+    def check_start(self, session: Session) -> None:
+        """Refuse (AuditChainError) when the existing anchor is not in the chain."""
+        if not self.path.exists():
+            return
+        anchor = AuditAnchor.read(self.path)
+        found = session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == anchor.seq))
+        if anchor.seq and found != anchor.hash:
+            raise AuditChainError(
+                f"{self.path}: the audit chain no longer holds the anchored event seq "
+                f"{anchor.seq} ({'missing' if found is None else 'a different hash'}); "
+                "the log was truncated or rewritten. Run `marginwatch audit verify`; the "
+                "anchor is left as it is"
+            )
+        self._written = self._head = anchor
+
+    def advance(self, seq: int, digest: str) -> None:
+        with self._lock:
+            if self._head is not None and seq <= self._head.seq:
+                return
+            self._head = AuditAnchor(seq, digest)
+            due = self._written is None or seq - self._written.seq >= self.every_events
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the latest head now (if it moved); a write error is logged, not raised."""
+        with self._lock:
+            head = self._head
+            if head is None or (self._written is not None and head.seq <= self._written.seq):
+                return
+            try:
+                head.write(self.path)
+            except OSError as exc:
+                if not self.failed:
+                    logger.error("audit anchor could not be written (%s)", exc.strerror)
+                self.failed = True
+                return
+            self.failed = False
+            self._written = head
+
+
 def verify_chain(session: Session, anchor: AuditAnchor | None = None) -> AuditReport:
     """Walk every event in ``seq`` order; stop at the first broken link."""
     expected_seq, prev = 1, GENESIS_HASH
     count = 0
     anchor_seen = anchor is None or anchor.seq == 0
+    recorded: dict[str, tuple[int, str]] = {}  # "<table>/<id>" -> (seq, digest), latest wins
     for event in _walk(session):
         bad = None
         if event.seq != expected_seq:
@@ -225,6 +295,9 @@ def verify_chain(session: Session, anchor: AuditAnchor | None = None) -> AuditRe
                     anchor_checked=True,
                 )
             anchor_seen = True
+        if '"digests"' in event.payload_json:
+            digests = json.loads(event.payload_json).get("digests") or {}
+            recorded.update({key: (event.seq, value) for key, value in digests.items()})
         count += 1
         expected_seq, prev = event.seq + 1, event.hash
     if not anchor_seen:
@@ -241,10 +314,26 @@ def verify_chain(session: Session, anchor: AuditAnchor | None = None) -> AuditRe
             ),
             anchor_checked=True,
         )
+    rows = check_rows(session, recorded)
+    if rows.problem is not None:
+        return AuditReport(
+            ok=False,
+            events=count,
+            head_seq=expected_seq - 1,
+            head_hash=prev,
+            first_bad_seq=rows.problem.seq,
+            reason=f"{rows.problem.row}: {rows.problem.reason}",
+            anchor_checked=anchor is not None,
+            bad_row=rows.problem.row,
+            rows_checked=rows.checked,
+            rows_legacy=rows.legacy,
+        )
     return AuditReport(
         ok=True,
         events=count,
         head_seq=expected_seq - 1,
         head_hash=prev,
         anchor_checked=anchor is not None,
+        rows_checked=rows.checked,
+        rows_legacy=rows.legacy,
     )

@@ -280,8 +280,9 @@ class AuditReport:
     """The result of walking the audit chain.
 
     ``ok`` is False when a link is broken (``first_bad_seq`` and ``reason`` say where and
-    why) or when the anchor (a head seen earlier, kept outside the database) is missing
-    from the chain: a truncated tail or a rewritten log.
+    why), when the anchor (a head seen earlier, kept outside the database) is missing
+    from the chain (a truncated tail or a rewritten log), or when a clinical row
+    disagrees with the digest its event recorded (``bad_row`` names it).
     """
 
     ok: bool
@@ -291,6 +292,10 @@ class AuditReport:
     first_bad_seq: int | None = None
     reason: str | None = None
     anchor_checked: bool = False
+    #: the first clinical row that disagrees with the chain ("predictions/12"), if any
+    bad_row: str | None = None
+    rows_checked: int = 0  # clinical rows whose digest matched
+    rows_legacy: int = 0  # rows recorded before row digests existed (not judged)
 
 
 # --- cases and margin locations --------------------------------------------------------

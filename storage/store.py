@@ -32,10 +32,10 @@ from marginwatch.engine.errors import (
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
-from . import _jobs, _queries, audit, schema
+from . import _digests, _jobs, _queries, audit, schema
 from ._case_store import CaseMethods
 from ._engine import Target, check_sqlite_file, make_engine, parse_target, translate_errors
-from .models import Alert, Heartbeat, Image, ModelRow, Prediction
+from .models import Alert, AuditEvent, Heartbeat, Image, ModelRow, Prediction
 from .records import (
     AlertDetail,
     AlertView,
@@ -78,6 +78,7 @@ class Store(CaseMethods):
         self._target = target
         self.readonly = readonly
         self._busy = busy_timeout_seconds
+        self._anchor: audit.AnchorKeeper | None = None
 
     # --- opening ------------------------------------------------------------------
 
@@ -187,7 +188,39 @@ class Store(CaseMethods):
             )
 
     def close(self) -> None:
+        if self._anchor is not None:
+            self._anchor.flush()
         self._engine.dispose()
+
+    # --- the anchor -----------------------------------------------------------------
+
+    def default_anchor_path(self, state_dir: str | os.PathLike[str]) -> Path:
+        """Where the anchor is kept unless configured: beside the SQLite file, else in
+        ``state_dir``."""
+        if self._target.sqlite_path is not None:
+            path = self._target.sqlite_path
+            return path.with_name(path.name + ".anchor.json")
+        return Path(state_dir) / "audit-anchor.json"
+
+    def keep_anchor(self, path: str | os.PathLike[str], every_events: int) -> None:
+        """Keep the chain head in ``path`` from now on (every ``every_events``, and at close).
+
+        Refuses (:class:`AuditChainError`) when an anchor already there is no longer in
+        the chain: the log was truncated or rewritten, and that file is the evidence.
+        """
+        keeper = audit.AnchorKeeper(path, every_events)
+        with self._read() as session:
+            keeper.check_start(session)
+            head = session.execute(
+                select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+            ).first()
+        self._anchor = keeper
+        if head is not None:
+            keeper.advance(head.seq, head.hash)
+
+    def flush_anchor(self) -> None:
+        if self._anchor is not None:
+            self._anchor.flush()
 
     def __enter__(self) -> Store:
         return self
@@ -222,6 +255,9 @@ class Store(CaseMethods):
                 if audited:
                     audit.lock_chain(session)
                 yield session
+            head = session.info.get("audit_head")  # committed: the anchor may advance
+            if head is not None and self._anchor is not None:
+                self._anchor.advance(*head)
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -469,15 +505,16 @@ class Store(CaseMethods):
             alert.acknowledged_by = by
             alert.acknowledged_at = now
             alert.ack_note = note
+            session.flush()
             audit.append_event(
                 session,
                 "alert.acknowledged",
                 alert.image_id,
-                {"alert_id": alert.id, "kind": alert.kind, "note": note},
+                {"alert_id": alert.id, "kind": alert.kind, "note": note,
+                 "digests": _digests.alert_digests(alert)},
                 by,
                 now,
             )
-            session.flush()
             return _queries.alert_view(session, alert)
 
     def audit(

@@ -56,6 +56,13 @@ def test_odd_names_are_assessed_and_never_stop_the_daemon(tmp_path: Path, tiny_m
                  [-1][0] == "done", 60, daemon)
         assert daemon.stop() == 0
 
+    # the daemon kept the audit anchor beside the database, at the head it ended with
+    from marginwatch.storage import AuditAnchor
+    from test_daemon_support import query
+
+    anchor = AuditAnchor.read(daemon.db.with_name(daemon.db.name + ".anchor.json"))
+    assert anchor.seq == query(daemon.db, "SELECT max(seq) FROM audit_events")[0][0]
+
     final = _decoded_states(daemon.db)
     for rel in expected:
         assert [s for s, _, _ in final[rel]] == ["done"], (rel, final[rel])
