@@ -59,7 +59,8 @@ def test_triggers_guard_clinical_rows(db_url: str) -> None:
         report = store.verify_audit()
         assert report.ok and report.rows_checked == 2 + 2 + 2 + 1, report
         refused = [
-            f"UPDATE predictions SET probability = 0.01, decision = false WHERE id = {ids['prediction0']}",
+            "UPDATE predictions SET probability = 0.01, decision = false "
+            f"WHERE id = {ids['prediction0']}",
             f"DELETE FROM predictions WHERE id = {ids['prediction1']}",
             "UPDATE tiles SET probability = 0.0",
             "DELETE FROM tiles",
