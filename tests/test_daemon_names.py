@@ -58,7 +58,7 @@ def test_odd_names_are_assessed_and_never_stop_the_daemon(tmp_path: Path, tiny_m
 
     # the daemon kept the audit anchor beside the database, at the head it ended with
     from marginwatch.storage import AuditAnchor
-    from test_daemon_support import query
+    from daemon_support import query
 
     anchor = AuditAnchor.read(daemon.db.with_name(daemon.db.name + ".anchor.json"))
     assert anchor.seq == query(daemon.db, "SELECT max(seq) FROM audit_events")[0][0]
