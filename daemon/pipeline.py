@@ -77,14 +77,18 @@ if TYPE_CHECKING:
     from marginwatch.engine.inference import Inference
     from marginwatch.storage.records import ClaimedJob
 
-__all__ = ["Assess", "Duplicate", "Fail", "FinishMessage", "Pipeline", "RefusedFileError",
-           "Settings"]
+__all__ = ["Assess", "Duplicate", "Fail", "FileChangedError", "FinishMessage", "Pipeline",
+           "RefusedFileError", "Settings"]
 
 logger = logging.getLogger(__name__)
 
 
 class RefusedFileError(InputError):
     """The path is not something the daemon will open (a link out, not a regular file)."""
+
+
+class FileChangedError(InputError):
+    """The file is not the version recorded (size or mtime differ): a newer version."""
 
 
 @dataclass
@@ -132,6 +136,8 @@ FinishMessage = Assess | Duplicate | Fail
 _ADVICE: list[tuple[type[BaseException], str, bool]] = [
     # (error class, what a person can do, retry?)
     (RefusedFileError, "copy the image into the export folder instead of linking to it", False),
+    (FileChangedError, "nothing to do: the newer version is recorded and assessed on its own",
+     False),
     (ImageTooLargeError, "export a smaller field of view, or raise engine.max_pixels", False),
     (UnsupportedImageError, "export a grey, two-channel or RGB TIFF/PNG from the scanner", False),
     (UnreadableImageError, "re-export the image from the scanner", True),
@@ -182,6 +188,22 @@ def resolve_inside(root_real: str, rel_path: str) -> str:
     if not stat_module.S_ISREG(st.st_mode):
         raise RefusedFileError(f"{rel_path}: not a regular file; refused")
     return path
+
+
+def check_version(root_real: str, job: ClaimedJob) -> None:
+    """Raise :class:`FileChangedError` unless the file is still the recorded version.
+
+    Judged as the readiness tracker judges it (``lstat``: size and mtime), so a file
+    rewritten after it was recorded is never assessed under the earlier version's row:
+    that version ends ``failed`` with this reason, and the new content is discovered
+    as a new version (linked to this one) and assessed on its own.
+    """
+    st = os.lstat(os.path.join(root_real, job.rel_path))
+    if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
+        raise FileChangedError(
+            f"{job.rel_path}: changed after it was recorded (size {job.size} -> "
+            f"{st.st_size} bytes); this version was not assessed"
+        )
 
 
 class Pipeline:
@@ -329,6 +351,7 @@ class Pipeline:
         job = work.job
         try:
             path = resolve_inside(self._root, job.rel_path)
+            check_version(self._root, job)
             prepared = self._engine.prepare(path)
         except Exception as exc:  # every failure is recorded by the finisher
             self._finish_q.put(Fail(work, exc))

@@ -1,16 +1,23 @@
 """When a file in the export folder is complete enough to be recorded as a job.
 
 A scanner writes slowly, or to a temporary name and then renames. A file is *ready*
-when its size and mtime have not changed for ``settle_seconds`` AND one of:
+when its size and mtime have not changed for ``settle_seconds`` (default 0: an optional
+extra wait) AND one of:
 
-- a close-after-write event arrived (inotify) and the file is unchanged since it,
-- it was renamed or moved into the folder under a candidate name, and is unchanged since,
-- ``stable_polls`` consecutive polls (one every ``poll_interval_seconds``) saw it
-  unchanged (the only signal on SMB/NFS shares, and for files found by a scan).
+- *by format*: a close-after-write event arrived (inotify), or it was renamed or moved
+  into the folder under a candidate name, the file is unchanged since, and its
+  structure is complete (:func:`~.completeness.structure_complete`: TIFF byte ranges,
+  PNG IEND, JPEG EOI, BMP size). Ready at the first poll after the event; no waiting.
+- *by stable polls*: ``stable_polls`` consecutive polls (one every
+  ``poll_interval_seconds``) saw it unchanged. The only signal on SMB/NFS shares and for
+  files found by a scan, and the fallback after an event for a format that cannot be
+  judged, or for a file that stays incomplete (truncated for good: it is recorded, and
+  the reader fails it with a reason, so it still reaches a final state).
 
-The tracker is pure bookkeeping with an injected ``clock`` and ``stat`` (lstat by
-default: a symbolic link is judged by itself, never followed), so tests drive time
-instead of sleeping. It holds no file open.
+The tracker is bookkeeping with an injected ``clock``, ``stat`` (lstat by default: a
+symbolic link is judged by itself, never followed) and ``complete`` (the format check;
+it opens the file read-only for a moment and reads headers only), so tests drive time
+instead of sleeping.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .completeness import structure_complete
 from .observer import SightingKind, is_candidate_inode
 
 __all__ = ["ReadinessTracker", "ReadyFile"]
@@ -32,6 +40,7 @@ class ReadyFile:
     rel_path: str
     size: int
     mtime_ns: int
+    by: str = "polls"  # "format" (event + complete structure) or "polls" (stable polls)
 
 
 @dataclass(slots=True)
@@ -40,6 +49,7 @@ class _Track:
     changed_at: float  # clock time the signature last changed
     stable_polls: int = 0  # polls in a row that saw the same signature
     trigger: tuple[int, int] | None = None  # signature when a close/move was seen
+    checked: tuple[int, int] | None = None  # signature last judged by the format check
 
 
 class ReadinessTracker:
@@ -53,12 +63,14 @@ class ReadinessTracker:
         stable_polls: int,
         clock: Callable[[], float] = time.monotonic,
         stat: Callable[[str], os.stat_result] = os.lstat,
+        complete: Callable[[str], bool | None] = structure_complete,
     ) -> None:
         self.root = os.fspath(root)
         self.settle_seconds = settle_seconds
         self.stable_polls = stable_polls
         self._clock = clock
         self._stat = stat
+        self._complete = complete
         self._tracks: dict[str, _Track] = {}
 
     def __len__(self) -> int:
@@ -114,7 +126,16 @@ class ReadinessTracker:
             track.stable_polls += 1
             if now - track.changed_at < self.settle_seconds:
                 continue
-            if track.trigger == sig or track.stable_polls >= self.stable_polls:
+            by = self._ready_by(rel_path, track, sig)
+            if by is not None:
                 del self._tracks[rel_path]
-                ready.append(ReadyFile(rel_path, sig[0], sig[1]))
+                ready.append(ReadyFile(rel_path, sig[0], sig[1], by))
         return ready
+
+    def _ready_by(self, rel_path: str, track: _Track, sig: tuple[int, int]) -> str | None:
+        """"format", "polls" or None (not ready) for a settled, unchanged track."""
+        if track.trigger == sig and track.checked != sig:
+            track.checked = sig  # the same bytes are judged once
+            if self._complete(os.path.join(self.root, rel_path)):
+                return "format"
+        return "polls" if track.stable_polls >= self.stable_polls else None

@@ -95,7 +95,9 @@ class DaemonConfig(_Section):
         "inotify", description="polling for SMB/NFS shares; none: reconcile scans only"
     )
     poll_interval_seconds: float = Field(1.0, gt=0)
-    settle_seconds: float = Field(2.0, ge=0)
+    settle_seconds: float = Field(
+        0.0, ge=0, description="extra wait after a file stops changing; readiness is by format"
+    )
     stable_polls: int = Field(2, ge=1)
     rescan_seconds: float = Field(60.0, gt=0)
     ignore_globs: list[str] = Field(

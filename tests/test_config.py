@@ -16,7 +16,8 @@ def test_defaults_have_units_in_names() -> None:
     config = load_config(environ={})
     assert config.source == "defaults"
     assert config.engine.max_pixels == 30_000 * 30_000
-    assert config.daemon.settle_seconds > 0
+    assert config.daemon.settle_seconds == 0  # readiness by format; settling is opt-in
+    assert config.daemon.stable_polls >= 2  # polling observers and scans still wait
     for section in (config.engine, config.daemon, config.dashboard):
         for name in type(section).model_fields:
             assert name == name.lower()

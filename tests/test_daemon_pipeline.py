@@ -73,8 +73,8 @@ def test_copies_in_flight_end_as_one_assessment_one_duplicate_one_lookup_each(
 
         names = ["case/a.tif", *(f"case/a{i}.tif" for i in range(1, copies))]
         for name in names:
-            size = (root / name).stat().st_size
-            store.record_discovery(str(root), name, size, 1, "test")
+            st = (root / name).stat()
+            store.record_discovery(str(root), name, st.st_size, st.st_mtime_ns, "test")
         pipeline = Pipeline(store=counting, engine=stages, infer=gated_infer, model_id=model_id,
                             root=str(root), owner="w", settings=Settings(3, 0.1), workers=2,
                             max_batch_tiles=8, max_batch_wait_ms=0)

@@ -82,16 +82,16 @@ def test_readiness_needs_settle_and_a_trigger() -> None:
     clock = FakeClock()
     files = {"a.tif": (10, 1)}
     tracker = ReadinessTracker("/x", settle_seconds=2, stable_polls=3, clock=clock,
-                               stat=_stat_of(files))
+                               stat=_stat_of(files), complete=lambda path: True)
     tracker.note("changed", "a.tif")
     clock.now += 1
     files["a.tif"] = (20, 2)  # still growing
     assert tracker.poll() == []
     tracker.note("closed", "a.tif")  # closed after the last write
     clock.now += 1.5
-    assert tracker.poll() == []  # unchanged only 1.5 s
+    assert tracker.poll() == []  # unchanged only 1.5 s (settle_seconds is an extra wait)
     clock.now += 0.6
-    assert tracker.poll() == [ReadyFile("a.tif", 20, 2)]
+    assert tracker.poll() == [ReadyFile("a.tif", 20, 2, "format")]
     assert "a.tif" not in tracker
 
 
@@ -99,7 +99,7 @@ def test_readiness_close_then_write_again_is_not_ready() -> None:
     clock = FakeClock()
     files = {"a.tif": (10, 1)}
     tracker = ReadinessTracker("/x", settle_seconds=1, stable_polls=99, clock=clock,
-                               stat=_stat_of(files))
+                               stat=_stat_of(files), complete=lambda path: True)
     tracker.note("closed", "a.tif")
     files["a.tif"] = (30, 5)  # reopened and written after the close
     clock.now += 5
@@ -108,20 +108,59 @@ def test_readiness_close_then_write_again_is_not_ready() -> None:
     assert tracker.poll() == []  # the close no longer describes this content
     tracker.note("closed", "a.tif")
     clock.now += 1
-    assert tracker.poll() == [ReadyFile("a.tif", 30, 5)]
+    assert tracker.poll() == [ReadyFile("a.tif", 30, 5, "format")]
 
 
 def test_readiness_by_stable_polls_alone() -> None:
     clock = FakeClock()
     files = {"a.tif": (10, 1)}
+    judged: list[str] = []
     tracker = ReadinessTracker("/x", settle_seconds=1, stable_polls=3, clock=clock,
-                               stat=_stat_of(files))
+                               stat=_stat_of(files), complete=lambda p: judged.append(p) or True)
     tracker.note("scan", "a.tif")
     ready = []
     for _ in range(3):
+        assert ready == []
         clock.now += 1
         ready = tracker.poll()
-    assert ready == [ReadyFile("a.tif", 10, 1)]
+    assert ready == [ReadyFile("a.tif", 10, 1, "polls")]
+    assert judged == []  # a file found by a scan needs stable polls, not the format check
+
+
+def test_readiness_by_format_needs_no_wait_and_judges_each_content_once() -> None:
+    clock = FakeClock()
+    files = {"a.tif": (10, 1), "b.xyz": (5, 1)}
+    verdicts: dict[str, bool | None] = {"/x/a.tif": False, "/x/b.xyz": None}
+    judged: list[str] = []
+
+    def complete(path: str) -> bool | None:
+        judged.append(path)
+        return verdicts[path]
+
+    tracker = ReadinessTracker("/x", settle_seconds=0, stable_polls=4, clock=clock,
+                               stat=_stat_of(files), complete=complete)
+    tracker.note("closed", "a.tif")  # truncated: the format check says not yet
+    tracker.note("moved_in", "b.xyz")  # a format the check cannot judge
+    assert tracker.poll() == []
+    assert tracker.poll() == []
+    assert judged == ["/x/a.tif", "/x/b.xyz"]  # the same bytes are not judged again
+    files["a.tif"] = (20, 2)  # the rest of the file arrives and it is closed again
+    verdicts["/x/a.tif"] = True
+    tracker.note("closed", "a.tif")
+    assert tracker.poll() == [ReadyFile("a.tif", 20, 2, "format")]  # at once, no settle
+    # the unjudgeable file falls back to stable polls (its fourth unchanged poll)
+    assert tracker.poll() == [ReadyFile("b.xyz", 5, 1, "polls")]
+
+
+def test_readiness_incomplete_for_good_still_becomes_ready_by_polls() -> None:
+    clock = FakeClock()
+    files = {"a.tif": (10, 1)}
+    tracker = ReadinessTracker("/x", settle_seconds=0, stable_polls=2, clock=clock,
+                               stat=_stat_of(files), complete=lambda path: False)
+    tracker.note("closed", "a.tif")
+    assert tracker.poll() == []
+    # recorded after stable polls: the reader fails it with a reason (a final state)
+    assert tracker.poll() == [ReadyFile("a.tif", 10, 1, "polls")]
 
 
 def test_readiness_forgets_deleted_files() -> None:
