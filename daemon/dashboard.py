@@ -51,6 +51,7 @@ THROUGHPUT_WINDOW = timedelta(minutes=10)
 MAX_ALERT_ROWS = 12
 RECENT_ROWS_FETCHED = 40
 RESEARCH = "research use, not a diagnosis"
+MIN_FRAME_SECONDS = 0.02  # after a change: at most ~50 frames/s during a burst of commits
 #: what the header shows about the daemon, as the daemon writes it in its heartbeat details
 DAEMON_KEYS = ("model_digest", "architecture", "synthetic_demo", "backend", "device", "precision")
 
@@ -574,10 +575,16 @@ def _live_loop(source: Source, config: Any, console: Console, stop: Callable[[],
             console.bell()
         return render(shot, console.size.width, console.size.height)
 
-    with live_class(frame(), console=console, screen=True, auto_refresh=False,
-                    transient=True, redirect_stdout=False, redirect_stderr=False) as live:
+    from ._db_waker import open_waker
+
+    # A commit wakes the loop (inotify on SQLite + WAL, LISTEN on PostgreSQL); without
+    # one it redraws every ``period`` (the fallback, and for clocks and "ago" texts).
+    with open_waker(source.db_url) as waker, live_class(
+            frame(), console=console, screen=True, auto_refresh=False, transient=True,
+            redirect_stdout=False, redirect_stderr=False) as live:
         while not stop():
-            time.sleep(period)
+            if waker.wait(period):
+                time.sleep(MIN_FRAME_SECONDS)  # let the rest of a burst of writes land
             live.update(frame(), refresh=True)
     return 0
 

@@ -29,7 +29,7 @@ from marginwatch.engine.errors import (
     NotFoundError,
     SchemaVersionError,
 )
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.orm import Session
 
 from . import _digests, _jobs, _queries, audit, schema
@@ -53,11 +53,14 @@ from .records import (
     Placement,
 )
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
+__all__ = ["CHANGE_CHANNEL", "DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
+#: PostgreSQL: every writing transaction sends ``NOTIFY`` on this channel (delivered at
+#: commit) so that the dashboard wakes on change (``marginwatch.daemon._db_waker``)
+CHANGE_CHANNEL = "marginwatch_changes"
 
 
 def _now(now: datetime | None) -> datetime:
@@ -254,6 +257,8 @@ class Store(CaseMethods):
             with session.begin():
                 if audited:
                     audit.lock_chain(session)
+                if self.dialect == "postgresql":
+                    session.execute(text(f"NOTIFY {CHANGE_CHANNEL}"))
                 yield session
             head = session.info.get("audit_head")  # committed: the anchor may advance
             if head is not None and self._anchor is not None:
