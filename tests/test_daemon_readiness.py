@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from marginwatch.daemon.completeness import detect_format, structure_complete
-from PIL import Image
-from test_daemon_support import (
+from daemon_support import (
     FINAL_STATES,
     Daemon,
     all_final,
@@ -28,6 +26,8 @@ from test_daemon_support import (
     query,
     wait_for,
 )
+from marginwatch.daemon.completeness import detect_format, structure_complete
+from PIL import Image
 
 
 def _tiff(**options) -> bytes:  # noqa: ANN003
