@@ -315,6 +315,15 @@ def audit_export(db: str | None, config: Path | None, fmt: str, out_path: Path) 
     print(f"exported {len(rows)} image(s) to {out_path}", file=sys.stderr)
 
 
+def _make_state_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"daemon.state_dir={state_dir}: cannot create it ({exc.strerror})"
+        ) from exc
+
+
 def audit_verify(db: str | None, config: Path | None, anchor: Path | None) -> int:
     """0 when the chain, the clinical rows and the anchor are intact, else 1.
 
@@ -367,9 +376,13 @@ def audit_verify(db: str | None, config: Path | None, anchor: Path | None) -> in
 
 
 def db_upgrade(db: str | None, config: Path | None) -> None:
+    from marginwatch.engine.config import load_config
     from marginwatch.storage import Store
 
     url, busy = _resolve(db, config)
+    daemon = load_config(config).daemon
+    if db is None and daemon.db_url is None:
+        _make_state_dir(daemon.state_dir)  # the configured home of the default database
     before, head = (
         Store.schema_status(url, busy_timeout_seconds=busy) if _exists(url) else (None, "")
     )

@@ -112,7 +112,8 @@ DbOption = Annotated[
 @app.command("predict")
 def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Image files (TIFF, PNG, JPEG, BMP).",
-                                                 show_default=False)],
+                                                 show_default=False,
+                                                 readable=False)],  # predict says which
     model: Annotated[
         Path | None,
         typer.Option("--model", help="Model folder (default: daemon.model_dir, else models/demo).",

@@ -154,8 +154,11 @@ _ADVICE: list[tuple[type[BaseException], str, bool]] = [
 def describe_failure(exc: BaseException, abs_path: str, rel_path: str) -> tuple[str, str, bool]:
     """``(error_class, message, retryable)``; the message never carries the absolute path."""
     advice, retry = "internal error; see the daemon log and report it", True
+    # The engine wraps OS errors (EACCES: "re-export" would not help); advise on the cause.
+    cause = exc.__cause__
+    judged = cause if isinstance(exc, InputError) and isinstance(cause, OSError) else exc
     for cls, cls_advice, cls_retry in _ADVICE:
-        if isinstance(exc, cls):
+        if isinstance(judged, cls):
             advice, retry = cls_advice, cls_retry
             break
     if isinstance(exc, OSError) and not isinstance(exc, MarginwatchError):

@@ -549,6 +549,12 @@ def run_daemon(
 
     flags = SignalFlags().install()  # before the slow parts: a SIGTERM now is honoured
     notifier = Notifier.from_environ(env)
+    if d.db_url is None:  # the default database lives in the configured state_dir
+        try:
+            Path(d.state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DaemonError(f"daemon.state_dir={d.state_dir}: cannot create it "
+                              f"({exc.strerror})") from exc
     store = Store.open(d.resolved_db_url(), upgrade=True,
                        busy_timeout_seconds=d.db_busy_timeout_seconds)
     try:

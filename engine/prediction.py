@@ -21,6 +21,7 @@ from marginwatch.models import demo_model_dir
 
 from .config import load_config
 from .errors import InputError, ModelError
+from .pathnames import display_path
 
 __all__ = ["DEMO_MODEL_DIR", "default_model_dir", "run_predict"]
 
@@ -149,9 +150,10 @@ def _assessed(
         print(json.dumps(record), file=out, flush=True)
         return
     verdict = "TUMOUR AT MARGIN" if a.decision else "no tumour at margin"
+    name = display_path(image)  # any bytes, newlines, escapes: one printable line
     demo = " [synthetic demo model]" if a.synthetic_demo else ""
     line = (
-        f"{image}: {verdict} (p={a.probability:.3f}, threshold {a.threshold:.2f}) | "
+        f"{name}: {verdict} (p={a.probability:.3f}, threshold {a.threshold:.2f}) | "
         f"{len(a.tiles)} tiles | model {a.model_digest[:12]}{demo} | {a.backend} | "
         f"{a.seconds:.2f} s"
     )
@@ -177,4 +179,5 @@ def _not_assessed(
         }
         print(json.dumps(record), file=out, flush=True)
     else:
-        print(f"{image}: NOT ASSESSED: {reason}", file=out, flush=True)
+        print(f"{display_path(image)}: NOT ASSESSED: {display_path(reason)}", file=out,
+              flush=True)

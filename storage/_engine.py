@@ -205,13 +205,12 @@ def check_sqlite_file(path: Path, *, readonly: bool, create: bool) -> None:
                 f"{path}: no such database file"
                 + ("" if readonly else "; run `marginwatch db upgrade` to create it")
             )
-        if not path.parent.exists():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DatabaseUnavailableError(
-                    f"{path}: cannot create its folder ({exc.strerror})"
-                ) from exc
+        if not path.parent.is_dir():
+            # A mistyped URL must not quietly build a folder tree somewhere else.
+            raise DatabaseUnavailableError(
+                f"{path}: its folder {path.parent} does not exist; create it first "
+                "(or correct the path)"
+            )
         return
     try:
         with path.open("rb") as fh:

@@ -130,5 +130,6 @@ def test_bad_files_fail_or_are_ignored_with_reasons(shared_dir: Path, tiny_model
         assert str(shared_dir) not in message  # the message names the relative path only
         if rel.endswith("unreadable.tif"):
             assert "ermission" in message, message
+            assert "read access" in message and "re-export" not in message, message
     log = daemon.log()
     assert "passwd" not in log and "unreadable" not in log

@@ -126,3 +126,50 @@ def test_a_configured_model_folder_is_never_replaced_by_the_demo_model(tmp_path)
     assert default_model_dir(missing) == missing  # loading it then fails, naming it
     if DEMO_MODEL_DIR.is_dir():
         assert default_model_dir(None) == DEMO_MODEL_DIR
+
+
+def test_odd_and_unreadable_arguments_each_get_one_line(tmp_path, tiny_model_dir):
+    """A name with a newline prints on one line; an unreadable file and a FIFO are NOT
+    ASSESSED with their reason while the others are still assessed (no usage box)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_fcm_tiff
+
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="mw-predict-", dir="/tmp"))  # nobody can enter it
+    os.chmod(base, 0o777)
+    request_cleanup = base
+    good = write_fcm_tiff(base / "two\nlines.tif", shape=(96, 96))
+    locked = write_fcm_tiff(base / "locked.tif", shape=(96, 96))
+    fifo = base / "pipe.tif"
+    os.mkfifo(fifo)
+    model = base / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for p in (good, model, *model.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(locked, 0o000)
+    prefix = []
+    if os.geteuid() == 0:  # root reads a mode-000 file anyway: run as nobody
+        if shutil.which("setpriv") is None:
+            import pytest
+
+            pytest.skip("running as root without setpriv: cannot make a file unreadable")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    exe = str(Path(sys.executable).with_name("marginwatch"))
+    out = subprocess.run([*prefix, exe, "predict", "--model", str(model), str(locked),
+                          str(fifo), str(good)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HOME": str(base)})
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if not line.startswith("marginwatch:")]
+    assert len(lines) == 3, out.stdout
+    assert lines[0].startswith(f"{locked}: NOT ASSESSED: ") and "ermission denied" in lines[0]
+    assert lines[1].startswith(f"{fifo}: NOT ASSESSED: ") and "FIFO" in lines[1]
+    assert lines[2].startswith(str(base) + "/two\\nlines.tif: ")
+    assert "NOT ASSESSED" not in lines[2]
+    assert "╭" not in out.stdout + out.stderr and "Traceback" not in out.stderr
+    shutil.rmtree(request_cleanup, ignore_errors=True)

@@ -70,6 +70,12 @@ def test_stairway_every_revision_up_down_up(db_url):
 
 def test_upgrade_is_idempotent_and_creates_the_file(tmp_path):
     path = tmp_path / "state" / "m.db"
+    # a missing folder is an error (a mistyped URL never builds a folder tree)
+    for given in (path, f"sqlite:///{path}"):
+        with pytest.raises(DatabaseUnavailableError, match="state does not exist"):
+            Store.open(given, upgrade=True)
+    assert not path.parent.exists()
+    path.parent.mkdir()
     with Store.open(path, upgrade=True) as store:
         assert store.current_revision() == schema.head_revision()
     with Store.open(path, upgrade=True) as store:
