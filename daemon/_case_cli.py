@@ -123,6 +123,7 @@ def case_show(
     c = detail.case
     if as_json:
         body = _case_dict(c, display)
+        body["image_count"] = c.images  # "images" is the list here
         body["images"] = [
             {**asdict(i), "rel_path": display_path(i.rel_path) if display == "folder" else None}
             for i in detail.images

@@ -4,6 +4,10 @@ Like a real export it writes each file under a temporary name (``.<name>.part``,
 which the daemon ignores) and then renames it into place, so the daemon never sees a
 half-written image. Mostly benign fields, some with tumour at the margin, and one
 broken file (bytes that are not an image) so that a "not assessed" alert shows too.
+A case is scanned face by face (apex, base, posterolateral, anterolateral, anterior,
+posterior): the location is in each name, and every second scan also has a sidecar
+JSON written before its image lands (:mod:`marginwatch.tools._synth_cases`), so the
+dashboard's case panel fills up face by face.
 Images come from the synthetic generator (:mod:`marginwatch.tools.synth`), small enough
 to be assessed in a second or two on a CPU.
 """
@@ -26,7 +30,7 @@ __all__ = ["Landed", "SimulatedScanner", "plan"]
 logger = logging.getLogger(__name__)
 
 BROKEN_AT = 2  # the third file is broken: a not-assessed alert early in the demo
-IMAGES_PER_CASE = 6
+IMAGES_PER_CASE = 8  # one scan per face of the specimen
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,12 @@ class SimulatedScanner:
             return list(self.landed)
 
     def _run(self) -> None:
+        from marginwatch.tools._synth_cases import (
+            has_sidecar,
+            location_of,
+            scan_name,
+            write_sidecar,
+        )
         from marginwatch.tools.synth import generate_image, patient_style, write_image
 
         rng = np.random.default_rng(self.seed)
@@ -100,7 +110,8 @@ class SimulatedScanner:
                 if index % IMAGES_PER_CASE == 0:
                     style = patient_style(rng)
                 kind = plan(index)
-                name = f"scan-{index + 1:03d}.tif"
+                scan = index % IMAGES_PER_CASE + 1
+                name = scan_name(case, scan, stem="scan").partition("/")[2]
                 folder = self.export / case
                 folder.mkdir(parents=True, exist_ok=True)
                 temp = folder / f".{name}.part"
@@ -112,6 +123,8 @@ class SimulatedScanner:
                 if self._stop.wait(max(0.0, next_at - time.monotonic())):
                     temp.unlink(missing_ok=True)
                     return
+                if has_sidecar(scan):  # before the image lands, as a scanner would
+                    write_sidecar(folder / name, location_of(scan), scan=scan)
                 os.replace(temp, folder / name)  # the scanner's rename: the file lands whole
                 with self._lock:
                     self.landed.append(Landed(f"{case}/{name}", kind, self.clock()))

@@ -229,7 +229,8 @@ class Service:
                 self._claim()
                 if now >= next_idle_check:
                     self._close_idle_cases()
-                    next_idle_check = now + IDLE_CASE_CHECK_SECONDS
+                    next_idle_check = now + min(IDLE_CASE_CHECK_SECONDS,
+                                                self.config.cases.idle_close_seconds / 2)
                 if now >= next_beat:
                     self._beat("running")
                     next_beat = now + d.heartbeat_seconds

@@ -24,8 +24,15 @@ def test_scanner_writes_whole_files_under_a_temp_name_then_renames(tmp_path: Pat
     kinds = [f.kind for f in scanner.files()]
     assert kinds == [plan(i) for i in range(4)] and kinds[BROKEN_AT] == "broken"
     names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert names == sorted(f.rel_path for f in scanner.files())  # no temp names left behind
+    images = [n for n in names if not n.endswith(".json")]
+    assert images == sorted(f.rel_path for f in scanner.files())  # no temp names left behind
     assert all(name.startswith("case-01/scan-") for name in names)
+    # a specimen scanned face by face: the location in the name, every second in a sidecar
+    assert [f.rel_path for f in scanner.files()] == [
+        "case-01/scan-001_APEX.tif", "case-01/scan-002_BASE.tif", "case-01/scan-003_LPL.tif",
+        "case-01/scan-004_RPL.tif"]
+    assert [n for n in names if n.endswith(".json")] == [
+        "case-01/scan-002_BASE.json", "case-01/scan-004_RPL.json"]
 
 
 @pytest.mark.slow

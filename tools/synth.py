@@ -1,7 +1,8 @@
 """Synthetic fluorescence confocal microscopy (FCM) of prostatectomy margins.
 
 The study's images are not public, so marginwatch ships this generator: it writes a
-scanner-like export ``OUT/<case>/<name>.tif`` and ``OUT/manifest.csv`` so that training,
+scanner-like export ``OUT/<case>/<name>.tif`` (margin locations in the names and in
+sidecars, see :mod:`._synth_cases`) and ``OUT/manifest.csv`` so that training,
 evaluation, the daemon and the tests all run without patient data. What the images
 model is described in docs/synthetic-data.md; geometry lives in :mod:`._tissue`, the
 instrument in :mod:`._acquisition`, TIFF layout in :mod:`._synth_tiff`.
@@ -39,6 +40,7 @@ import numpy as np
 from marginwatch.engine.errors import ConfigError
 
 from ._acquisition import CENTRES, Centre, acquire, normalised, to_uint16
+from ._synth_cases import scan_name, write_sidecars
 from ._tissue import Style, draw_tissue
 
 __all__ = [
@@ -331,7 +333,7 @@ def write_dataset(
     for index, (p, label) in enumerate(plan):
         case = f"{c.patient_prefix}-{p + 1:0{width}d}"
         counters[case] = counters.get(case, 0) + 1
-        rel = f"{case}/{case}-{counters[case]:03d}.tif"
+        rel = scan_name(case, counters[case])  # case folder, scan number, location
         jobs.append(
             (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p)
         )
@@ -355,6 +357,7 @@ def write_dataset(
         ManifestRow(rel, job[2], rel.split("/")[0], centre, kind, profile, c.um_per_px)
         for job, (kind, rel) in zip(jobs, results, strict=True)
     ]
+    write_sidecars(out, [rel for _, rel in results])  # locations, for the daemon
     tmp = manifest.with_name(".manifest.csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
