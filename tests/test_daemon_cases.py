@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from marginwatch.storage import Store
-from marginwatch.tools.synth import write_dataset
-from test_daemon_support import (
+from daemon_support import (
     MARGINWATCH,
     Daemon,
     all_final,
@@ -25,6 +23,8 @@ from test_daemon_support import (
     wait_for,
     write_image,
 )
+from marginwatch.storage import Store
+from marginwatch.tools.synth import write_dataset
 
 BAD_CASE = "Doe-Jane-1970"
 
