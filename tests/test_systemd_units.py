@@ -178,7 +178,7 @@ def test_config_template_lists_every_field_with_its_default(tmp_path: Path) -> N
     text = (units_source_dir() / "marginwatch.toml.in").read_text()
     fields = _commented_fields(text)
     defaults = Config()
-    for section in ("engine", "daemon", "dashboard"):
+    for section in ("engine", "daemon", "dashboard", "cases"):
         model = getattr(defaults, section)
         listed = fields.get(section, {})
         assert sorted(listed) == sorted(type(model).model_fields), section
