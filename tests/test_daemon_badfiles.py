@@ -4,7 +4,9 @@ The unreadable file: tests run as root here, and root reads a mode-000 file anyw
 when the suite runs as root the daemon process is started as ``nobody`` (``setpriv``),
 with its state in a folder ``nobody`` owns, and the unreadable file is a root-owned
 mode-000 file: the daemon meets a real EACCES. Not as root, the file
-is simply ours with mode 000.
+is simply ours with mode 000. When ``nobody`` cannot run this checkout's
+``marginwatch`` at all (a clone under a 0700 folder, such as a home or ``mktemp -d``),
+the test skips and says so.
 """
 
 from __future__ import annotations
@@ -12,17 +14,33 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import Daemon, all_final, query, wait_for, write_image
+from daemon_support import MARGINWATCH, Daemon, all_final, query, wait_for, write_image
 
 NOBODY = 65534
 
 
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def why_nobody_cannot_run(marginwatch: str = MARGINWATCH) -> str | None:
+    """Why ``nobody`` cannot start ``marginwatch`` (None when it can)."""
+    try:
+        probe = subprocess.run([*AS_NOBODY, marginwatch, "--version"], capture_output=True,
+                               text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        return f"cannot run setpriv: {exc}"
+    if probe.returncode == 0:
+        return None
+    said = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+    return (f"as root the daemon runs as nobody, who cannot run {marginwatch} ({said}): "
+            "a folder above this checkout is not open to other users (a 0700 home or "
+            "mktemp -d clone)")
 
 
 def _huge_tiff(path: Path, width: int = 200_000, height: int = 200_000) -> None:
@@ -64,6 +82,8 @@ def test_bad_files_fail_or_are_ignored_with_reasons(shared_dir: Path, tiny_model
     root = os.geteuid() == 0
     if root and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    if root and (why := why_nobody_cannot_run()) is not None:
+        pytest.skip(why)
     watch = shared_dir / "export" / "case1"
     watch.mkdir(parents=True)
     work = shared_dir / "state"
