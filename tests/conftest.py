@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from marginwatch.storage.testing import backend_params, database_url
 
 PG_URL_ENV = "MARGINWATCH_TEST_PG_URL"
 
@@ -60,6 +61,17 @@ def _no_leaked_threads():
         if thread.is_alive() and not thread.name.startswith(("pydevd", "ThreadPoolExecutor")):
             leaked.append(thread.name)
     assert not leaked, f"test leaked running threads: {leaked}"
+
+
+@pytest.fixture(params=backend_params())
+def daemon_db(request, tmp_path):  # noqa: ANN001, ANN201
+    """A daemon test's database: None (an SQLite file in the daemon's state folder), or,
+    when ``MARGINWATCH_TEST_PG_URL`` is set, the URL of a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with database_url("postgresql", tmp_path) as url:
+        yield url
 
 
 # --- engine fixtures (owner: engine) ------------------------------------------------

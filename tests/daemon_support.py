@@ -1,8 +1,10 @@
 """Helpers for the daemon's end-to-end tests (no tests here).
 
 The daemon runs as a real ``marginwatch run`` process on real folders and a real
-SQLite file; READY=1 is received on a real ``NOTIFY_SOCKET`` datagram socket; the end
-state is read from the database with :mod:`sqlite3` (read-only).
+database: an SQLite file in its state folder, or (the ``daemon_db`` fixture in
+conftest.py, when ``MARGINWATCH_TEST_PG_URL`` is set) a fresh PostgreSQL schema.
+READY=1 is received on a real ``NOTIFY_SOCKET`` datagram socket; the end state is read
+from the database: SQLite with :mod:`sqlite3` (read-only), PostgreSQL with SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 MARGINWATCH = str(Path(sys.executable).with_name("marginwatch"))
 FINAL_STATES = ("done", "duplicate", "failed")
@@ -91,11 +97,13 @@ class Daemon:
         daemon: dict[str, Any] | None = None,
         engine: dict[str, Any] | None = None,
         prefix: list[str] | None = None,
+        db: Path | str | None = None,
     ) -> None:
         self.work = work
         self.watch = watch
         self.model_dir = model_dir
-        self.db = work / "marginwatch.db"
+        #: an SQLite file (a Path; by default in ``work``) or a database URL (a str)
+        self.db: Path | str = work / "marginwatch.db" if db is None else db
         self.config = write_config(work / "marginwatch.toml", daemon or {}, engine or {})
         self.prefix = prefix or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -209,17 +217,29 @@ class Daemon:
         self.close_socket()
 
 
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
+@cache
+def _engine(url: str) -> Engine:
+    return create_engine(url, poolclass=NullPool)  # no connection outlives a query
 
 
-def states(db: Path) -> dict[str, list[tuple[str, int, str | None]]]:
+def query(db: Path | str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (``?`` placeholders) from an SQLite file or a database URL."""
+    if isinstance(db, Path):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    parts = sql.split("?")
+    named = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
+    with _engine(db).connect() as conn:
+        rows = conn.execute(text(named), {f"p{i}": v for i, v in enumerate(args)})
+        return [tuple(row) for row in rows]
+
+
+def states(db: Path | str) -> dict[str, list[tuple[str, int, str | None]]]:
     """rel_path -> [(state, attempts, error_class)] for every recorded version."""
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         return {}
     out: dict[str, list[tuple[str, int, str | None]]] = {}
     for rel, state, attempts, error in query(
@@ -231,7 +251,7 @@ def states(db: Path) -> dict[str, list[tuple[str, int, str | None]]]:
 
 
 def wait_for(
-    db: Path, done: Callable[[dict[str, list[tuple[str, int, str | None]]]], bool],
+    db: Path | str, done: Callable[[dict[str, list[tuple[str, int, str | None]]]], bool],
     timeout: float, daemon: Daemon | None = None,
 ) -> dict[str, list[tuple[str, int, str | None]]]:
     deadline = time.monotonic() + timeout
@@ -239,7 +259,7 @@ def wait_for(
     while time.monotonic() < deadline:
         try:
             current = states(db)
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, DBAPIError):  # not created yet
             current = {}
         if done(current):
             return current
@@ -255,6 +275,20 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s; {len(current)} recorded: {summary}\n{log}")
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """Poll ``condition`` for up to ``timeout`` seconds; True as soon as it holds.
+
+    For tests that show something did NOT happen: wait, bounded, for the event that
+    would show it did, and assert that it never came.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
 def all_final(expected: set[str]) -> Callable[[dict[str, list[Any]]], bool]:
     def check(current: dict[str, list[Any]]) -> bool:
         return expected <= set(current) and all(
@@ -264,7 +298,7 @@ def all_final(expected: set[str]) -> Callable[[dict[str, list[Any]]], bool]:
     return check
 
 
-def assert_audit_ok(db: Path) -> None:
+def assert_audit_ok(db: Path | str) -> None:
     out = subprocess.run(
         [MARGINWATCH, "audit", "verify", "--db", str(db)],
         capture_output=True, text=True, timeout=120,
@@ -272,5 +306,5 @@ def assert_audit_ok(db: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def audit_actions(db: Path) -> list[str]:
+def audit_actions(db: Path | str) -> list[str]:
     return [a for (a,) in query(db, "SELECT action FROM audit_events ORDER BY seq")]

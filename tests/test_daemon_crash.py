@@ -54,15 +54,16 @@ def test_sigkill_rounds_leave_every_file_in_one_final_state(tmp_path: Path,
     assert_audit_ok(daemon.db)
 
 
-def test_sigterm_during_processing_exits_zero_within_bound(tmp_path: Path,
-                                                           tiny_model_dir) -> None:
+def test_sigterm_during_processing_exits_zero_within_bound(
+    tmp_path: Path, tiny_model_dir, daemon_db: str | None  # noqa: ANN001
+) -> None:
     watch = tmp_path / "export"
     work = tmp_path / "state"
     work.mkdir()
     names = [f"case1/img{i:03d}.tif" for i in range(40)]
     shutdown_seconds = 8.0
     daemon = Daemon(work, watch, tiny_model_dir,
-                    daemon={"shutdown_seconds": shutdown_seconds, "workers": 1})
+                    daemon={"shutdown_seconds": shutdown_seconds, "workers": 1}, db=daemon_db)
     with daemon:
         watch.mkdir()
         daemon.start().wait_ready()
@@ -86,8 +87,9 @@ def test_sigterm_during_processing_exits_zero_within_bound(tmp_path: Path,
     assert_audit_ok(daemon.db)
 
 
-def test_sigkilled_daemons_jobs_are_picked_up_at_once_on_restart(tmp_path: Path,
-                                                                 tiny_model_dir) -> None:
+def test_sigkilled_daemons_jobs_are_picked_up_at_once_on_restart(
+    tmp_path: Path, tiny_model_dir, daemon_db: str | None  # noqa: ANN001
+) -> None:
     """Jobs leased to a killed daemon of this host go back at start-up, not after the lease."""
     import json
 
@@ -97,7 +99,7 @@ def test_sigkilled_daemons_jobs_are_picked_up_at_once_on_restart(tmp_path: Path,
     names = [f"case1/img{i:03d}.tif" for i in range(30)]
     lease_seconds = 600.0  # far longer than the test may take
     daemon = Daemon(work, watch, tiny_model_dir,
-                    daemon={"lease_seconds": lease_seconds, "workers": 1})
+                    daemon={"lease_seconds": lease_seconds, "workers": 1}, db=daemon_db)
     with daemon:
         for i, name in enumerate(names):
             write_image(watch / name, seed=5000 + i)

@@ -24,6 +24,7 @@ from daemon_support import (
     image_bytes,
     query,
     wait_for,
+    wait_until,
     write_image,
 )
 
@@ -93,19 +94,23 @@ def test_burst_and_slow_writer(tmp_path: Path, model_dir: Path, observer: str) -
     assert any(m.startswith("STATUS=") for m in daemon.messages)
 
 
-def test_temp_name_rename_move_in_and_duplicate(tmp_path: Path, model_dir: Path) -> None:
+def test_temp_name_rename_move_in_and_duplicate(
+    tmp_path: Path, model_dir: Path, daemon_db: str | None
+) -> None:
     """A temp name is ignored until renamed; a move from elsewhere is seen; same bytes link."""
     watch, work = _dirs(tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
-    daemon = Daemon(work, watch, model_dir, daemon={"rescan_seconds": 60.0})
+    daemon = Daemon(work, watch, model_dir, daemon={"rescan_seconds": 60.0}, db=daemon_db)
     with daemon:
         daemon.start().wait_ready()
         (watch / "case1").mkdir()
         part = watch / "case1" / "a.tif.part"
         part.write_bytes(image_bytes(1))
-        time.sleep(1.5)  # well past settle: the temp name must not be recorded
-        assert query(daemon.db, "SELECT count(*) FROM images")[0][0] == 0
+        # the temp name must not be recorded: wait well past settle for a row that says it was
+        recorded = wait_until(lambda: query(daemon.db, "SELECT count(*) FROM images")[0][0] > 0,
+                              timeout=1.5)
+        assert not recorded
         os.rename(part, watch / "case1" / "a.tif")
         write_image(outside / "b.tif", seed=2)
         shutil.move(outside / "b.tif", watch / "case1" / "b.tif")
@@ -139,12 +144,15 @@ def test_temp_name_rename_move_in_and_duplicate(tmp_path: Path, model_dir: Path)
     assert "a.tif" not in log and "b.tif" not in log and "case1" not in log
 
 
-def test_reconcile_scan_finds_missed_files(tmp_path: Path, model_dir: Path) -> None:
+def test_reconcile_scan_finds_missed_files(
+    tmp_path: Path, model_dir: Path, daemon_db: str | None
+) -> None:
     """Files created while the daemon was down, and with no observer at all."""
     watch, work = _dirs(tmp_path)
     for i in range(5):
         write_image(watch / "before" / f"b{i}.tif", seed=100 + i)
-    daemon = Daemon(work, watch, model_dir, daemon={"observer": "none", "rescan_seconds": 1.0})
+    daemon = Daemon(work, watch, model_dir, daemon={"observer": "none", "rescan_seconds": 1.0},
+                    db=daemon_db)
     with daemon:
         daemon.start().wait_ready()
         wait_for(daemon.db, all_final({f"before/b{i}.tif" for i in range(5)}), 60, daemon)
@@ -157,7 +165,7 @@ def test_reconcile_scan_finds_missed_files(tmp_path: Path, model_dir: Path) -> N
 
 
 def test_two_daemons_sharing_one_database_claim_only_their_own_folder(
-    tmp_path: Path, model_dir: Path
+    tmp_path: Path, model_dir: Path, daemon_db: str | None
 ) -> None:
     """Two scanners, two folders, one database: each daemon assesses its own images once."""
     daemons = []
@@ -166,8 +174,8 @@ def test_two_daemons_sharing_one_database_claim_only_their_own_folder(
         watch = tmp_path / f"export{n}"
         work = tmp_path / f"state{n}"
         work.mkdir()
-        daemon = Daemon(work, watch, model_dir, daemon={"workers": 1})
-        daemon.db = tmp_path / "shared.db"
+        daemon = Daemon(work, watch, model_dir, daemon={"workers": 1},
+                        db=daemon_db or tmp_path / "shared.db")
         names = {f"scanner{n}/img{i:02d}.tif" for i in range(6)}
         for i, name in enumerate(sorted(names)):
             write_image(watch / name, seed=7000 + 100 * n + i)

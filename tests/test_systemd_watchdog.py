@@ -1,51 +1,36 @@
 """The watchdog path end to end, with this test playing systemd.
 
 The test binds the notify socket (SO_PASSCRED, so each datagram carries its sender's
-pid, which systemd checks for NotifyAccess=main), starts a real process with
-NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID set as systemd sets them, and runs the
-watchdog as systemd does: activated when start-up completes (READY=1), reset by each
-WATCHDOG=1, expired when no ping arrives within WATCHDOG_USEC. The process is a small main loop
-on :class:`Notifier` that pings a given number of times and then hangs (a stuck main
-loop); a healthy one keeps pinging and is never declared dead.
+pid, which systemd checks for NotifyAccess=main), starts the real daemon (``marginwatch
+run``, the real :class:`~marginwatch.daemon.service.Service`) with NOTIFY_SOCKET,
+WATCHDOG_USEC and WATCHDOG_PID set as systemd sets them, and runs the watchdog as
+systemd does: activated when start-up completes (READY=1), reset by each WATCHDOG=1,
+expired when no ping arrives within WATCHDOG_USEC. A healthy daemon keeps pinging and is
+never declared dead. A stuck one is made the way a real one gets stuck: the test holds
+the SQLite write lock, so the main loop's next heartbeat waits on the database (for
+``db_busy_timeout_seconds``, here a minute) and sends no more pings.
 """
 
 from __future__ import annotations
 
 import array
 import os
+import shlex
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
-import sys
-import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from daemon_support import MARGINWATCH, Daemon, wait_until, write_config, write_image
 
 WATCHDOG_SEC = 2.0  # the unit's WatchdogSec=, shortened for the test
-
-MAIN_LOOP = textwrap.dedent(
-    """
-    import sys, time
-    from marginwatch.daemon.sdnotify import Notifier
-
-    pings = int(sys.argv[1])
-    notifier = Notifier.from_environ()
-    assert notifier.watchdog_interval_seconds is not None, "watchdog not enabled"
-    notifier.status("loading model")
-    notifier.watchdog()
-    notifier.ready(status="watching: queue 0, processed 0")
-    for i in range(pings):
-        notifier.watchdog()
-        notifier.status(f"watching: queue 0, processed {i + 1}")
-        time.sleep(notifier.watchdog_interval_seconds)
-    notifier.status("main loop stuck")  # and no more pings: the loop hangs here
-    time.sleep(120)
-    """
-)
+START_TIMEOUT_SEC = 60.0  # TimeoutStartSec=: until READY=1 (a busy machine loads torch slowly)
 
 
 @dataclass
@@ -55,6 +40,7 @@ class Supervision:
     messages: list[tuple[float, int, str]] = field(default_factory=list)
     expired_at: float | None = None
     started_at: float = 0.0
+    stuck_at: float = 0.0
 
     def values(self, key: str) -> list[str]:
         out = []
@@ -76,30 +62,44 @@ def _recv_with_pid(sock: socket.socket) -> tuple[str, int | None]:
     return data.decode(), pid
 
 
+def _daemon_command(tmp_path: Path, model_dir: Path) -> str:
+    """``marginwatch run`` on a fresh export folder and SQLite file, as a shell word list."""
+    watch, work = tmp_path / "export", tmp_path / "state"
+    watch.mkdir()
+    work.mkdir()
+    write_image(watch / "case1" / "a.tif", seed=1)
+    config = write_config(work / "marginwatch.toml", {"db_busy_timeout_seconds": 60.0}, {})
+    argv = [MARGINWATCH, "run", "--watch", str(watch), "--config", str(config),
+            "--db", str(work / "marginwatch.db"), "--model", str(model_dir)]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def _supervise(
-    tmp_path: Path, pings: int, *, observe_seconds: float
+    tmp_path: Path, model_dir: Path, *, observe_seconds: float,
+    on_message: Callable[[Supervision], None] = lambda seen: None,
 ) -> tuple[Supervision, subprocess.Popen[bytes]]:
+    """Run the daemon as systemd would; watch for ``observe_seconds`` after READY=1."""
     address = str(tmp_path / "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     sock.bind(address)
-    script = tmp_path / "main_loop.py"
-    script.write_text(MAIN_LOOP)
     env = {
         **os.environ,
         "NOTIFY_SOCKET": address,
         "WATCHDOG_USEC": str(int(WATCHDOG_SEC * 1_000_000)),
+        "OMP_NUM_THREADS": "1",
     }
     env.pop("WATCHDOG_PID", None)
+    env.pop("MARGINWATCH_CONFIG", None)
     # systemd sets WATCHDOG_PID to the pid it forks; `exec` keeps the shell's pid.
-    command = f'WATCHDOG_PID=$$; export WATCHDOG_PID; exec "{sys.executable}" "{script}" {pings}'
+    command = f"WATCHDOG_PID=$$; export WATCHDOG_PID; exec {_daemon_command(tmp_path, model_dir)}"
     seen = Supervision()
-    proc = subprocess.Popen(["/bin/sh", "-c", command], env=env)
+    proc = subprocess.Popen(["/bin/sh", "-c", command], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         seen.started_at = time.monotonic()
-        start_timeout = seen.started_at + 30.0  # TimeoutStartSec=, until READY=1
-        deadline = start_timeout
-        stop_at = seen.started_at + observe_seconds
+        deadline = seen.started_at + START_TIMEOUT_SEC
+        stop_at = deadline + observe_seconds  # moved to READY=1 + observe_seconds
         while time.monotonic() < stop_at:
             now = time.monotonic()
             if now >= deadline:
@@ -116,8 +116,10 @@ def _supervise(
             lines = payload.splitlines()
             if "READY=1" in lines and seen.values("READY") == ["1"]:
                 deadline = time.monotonic() + WATCHDOG_SEC  # start-up complete: armed
+                stop_at = time.monotonic() + observe_seconds
             if "WATCHDOG=1" in lines and seen.values("READY"):
                 deadline = time.monotonic() + WATCHDOG_SEC
+            on_message(seen)
     finally:
         sock.close()
     return seen, proc
@@ -129,39 +131,54 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(timeout=10)
 
 
-@pytest.mark.timeout(60)
-def test_a_main_loop_that_stops_pinging_is_noticed(tmp_path: Path) -> None:
-    pings = 3
-    seen, proc = _supervise(tmp_path, pings, observe_seconds=20.0)
+@pytest.mark.timeout(180)
+def test_a_main_loop_that_stops_pinging_is_noticed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    db = tmp_path / "state" / "marginwatch.db"
+    lock: list[sqlite3.Connection] = []
+    pings_before_stuck = 2
+
+    def hold_the_write_lock(seen: Supervision) -> None:
+        if not lock and len(seen.values("WATCHDOG")) >= pings_before_stuck:
+            con = sqlite3.connect(db, timeout=30, isolation_level=None)
+            con.execute("BEGIN IMMEDIATE")  # every writer of the daemon now waits on it
+            lock.append(con)
+            seen.stuck_at = time.monotonic()
+
     try:
-        assert seen.expired_at is not None, f"watchdog never expired; saw {seen.messages}"
-        assert proc.poll() is None, "the process should be hung, not exited"
-        assert seen.values("READY") == ["1"]
-        assert len(seen.values("WATCHDOG")) == pings + 1  # one before READY=1, then the loop
-        statuses = seen.values("STATUS")
-        assert statuses[0] == "loading model"
-        assert f"watching: queue 0, processed {pings}" in statuses
-        assert statuses[-1] == "main loop stuck"
-        last_ping = max(t for t, _, p in seen.messages if "WATCHDOG=1" in p.splitlines())
-        gap = seen.expired_at - last_ping
-        assert WATCHDOG_SEC <= gap < WATCHDOG_SEC + 1.0
-        print(f"watchdog expired {gap:.2f} s after the last of {pings + 1} pings")
+        seen, proc = _supervise(tmp_path, tiny_model_dir, observe_seconds=20.0,
+                                on_message=hold_the_write_lock)
+        try:
+            assert lock, f"never got as far as {pings_before_stuck} pings; saw {seen.messages}"
+            assert seen.expired_at is not None, f"watchdog never expired; saw {seen.messages}"
+            assert proc.poll() is None, "the process should be hung, not exited"
+            assert seen.values("READY") == ["1"]
+            assert len(seen.values("WATCHDOG")) >= pings_before_stuck
+            assert any(s.startswith("watching") for s in seen.values("STATUS"))
+            last_ping = max(t for t, _, p in seen.messages if "WATCHDOG=1" in p.splitlines())
+            gap = seen.expired_at - last_ping
+            assert WATCHDOG_SEC <= gap < WATCHDOG_SEC + 1.0
+            print(f"watchdog expired {gap:.2f} s after the last ping "
+                  f"({seen.expired_at - seen.stuck_at:.2f} s after the database lock)")
+        finally:
+            assert _stop(proc) == -signal.SIGABRT
     finally:
-        assert _stop(proc) == -signal.SIGABRT
+        for con in lock:
+            con.close()
 
 
-@pytest.mark.timeout(60)
-def test_a_pinging_main_loop_is_never_declared_dead(tmp_path: Path) -> None:
-    seen, proc = _supervise(tmp_path, pings=10_000, observe_seconds=2 * WATCHDOG_SEC)
+@pytest.mark.timeout(180)
+def test_a_pinging_main_loop_is_never_declared_dead(tmp_path: Path, tiny_model_dir: Path) -> None:
+    seen, proc = _supervise(tmp_path, tiny_model_dir, observe_seconds=2 * WATCHDOG_SEC)
     try:
+        assert seen.values("READY") == ["1"], seen.messages
         assert seen.expired_at is None
         assert proc.poll() is None
         pings = seen.values("WATCHDOG")
         # interval = WatchdogSec / 2: about 2 pings per WatchdogSec
         assert len(pings) >= 3, seen.messages
-        assert seen.values("READY") == ["1"]
     finally:
-        _stop(proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
 
 @pytest.mark.slow
@@ -170,8 +187,6 @@ def test_the_real_daemon_pings_and_a_frozen_one_is_noticed(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     """``marginwatch run`` under WATCHDOG_USEC: pings after READY=1; frozen, it stops."""
-    from daemon_support import Daemon, write_image
-
     watch = tmp_path / "export"
     work = tmp_path / "state"
     watch.mkdir()
@@ -185,7 +200,7 @@ def test_the_real_daemon_pings_and_a_frozen_one_is_noticed(
         def pings() -> int:
             return daemon.notifications().count("WATCHDOG=1")
 
-        time.sleep(2 * WATCHDOG_SEC)
+        time.sleep(2 * WATCHDOG_SEC)  # a rate: how many pings in 2 x WatchdogSec
         alive_pings = pings()
         # interval WatchdogSec/2 over 2 x WatchdogSec: about 4 pings
         assert alive_pings >= 3, daemon.notifications()
@@ -196,11 +211,11 @@ def test_the_real_daemon_pings_and_a_frozen_one_is_noticed(
         try:
             time.sleep(0.2)  # a datagram already in flight
             frozen_from = pings()
-            time.sleep(1.5 * WATCHDOG_SEC)
-            assert pings() == frozen_from, "no ping may arrive from a frozen daemon"
+            pinged = wait_until(lambda: pings() > frozen_from, timeout=1.5 * WATCHDOG_SEC)
+            assert not pinged, "no ping may arrive from a frozen daemon"
         finally:
             daemon.proc.send_signal(signal.SIGCONT)
-        time.sleep(WATCHDOG_SEC)
-        assert pings() > frozen_from, "pings resume once it runs again"
+        assert wait_until(lambda: pings() > frozen_from, timeout=2 * WATCHDOG_SEC), (
+            "pings resume once it runs again")
         assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
         assert "STOPPING=1" in daemon.notifications()
