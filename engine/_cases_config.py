@@ -42,9 +42,10 @@ DEFAULT_ABBREVIATIONS = {
     "ANT": "anterior",
     "POST": "posterior",
 }
-#: a token of the file name's stem, delimited by start/end, "_", "-", "." or a space.
+#: a token of the file name's stem, delimited by start/end, "_", "-", "." or a space (no
+#: "$": the configuration template is a string.Template).
 DEFAULT_FILENAME_PATTERN = (
-    r"(?i)(?:^|[_\-. ])(?P<location>LPL|RPL|LAL|RAL|APEX|BASE|BN|ANT|POST)(?=$|[_\-. ])"
+    r"(?i)(?:^|[_\-. ])(?P<location>LPL|RPL|LAL|RAL|APEX|BASE|BN|ANT|POST)(?![^_\-. ])"
 )
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,59}$")
 
