@@ -295,6 +295,79 @@ def case_report_command(
     guarded(case_report, db, config, case, out, echo=typer.echo)
 
 
+# --- ground truth and monitoring (truth import, monitor) -------------------------
+
+truth_app = typer.Typer(help="Ground truth: final histopathology per image.",
+                        no_args_is_help=True)
+app.add_typer(truth_app, name="truth")
+monitor_app = typer.Typer(help="Live performance against ground truth, drift and alarms "
+                          "(reads the database only, unless --raise-alarms).",
+                          invoke_without_command=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+@truth_app.command("import")
+def truth_import_command(
+    file: Annotated[Path, typer.Argument(help="CSV: path|sha256|image, status|label, "
+                                         "[reported_by, report_date, note].")],
+    by: Annotated[str, typer.Option("--by", help="Who imports it (recorded in the audit log).")],
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Write the good rows and report the bad ones.")] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Import histopathology margin status (audited; a changed label is a correction)."""
+    from marginwatch.daemon._truth_cli import truth_import
+
+    raise typer.Exit(guarded(truth_import, file, by=by, skip_bad=skip_bad, db=db,
+                             config_path=config, echo=typer.echo,
+                             err=lambda line: typer.echo(line, err=True)))
+
+
+@monitor_app.callback()
+def monitor_command(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option(
+        help="predictions at/after: ISO date/time (UTC) or 24h, 7d")] = None,
+    until: Annotated[str | None, typer.Option(help="predictions before: as --since")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write monitor.json and the PNG figures into this folder.",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    per_cases: Annotated[int | None, typer.Option(
+        "--per-cases", min=1, help="Trend per N cases (default: per month).",
+        show_default=False)] = None,
+    raise_alarms: Annotated[bool, typer.Option(
+        "--raise-alarms", help="Record alarm conditions as alarms (opens the database "
+        "read-write; audited).")] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Sensitivity, specificity, PPV, NPV, AUC, Brier (case-level CIs), drift, alarms."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from marginwatch.daemon._monitor_cli import run_monitor
+
+    raise typer.Exit(guarded(run_monitor, db=db, config_path=config, since=since, until=until,
+                             report=report, as_json=as_json, per_cases=per_cases,
+                             raise_alarms=raise_alarms, echo=typer.echo))
+
+
+@monitor_app.command("ack")
+def monitor_ack_command(
+    alarm_id: Annotated[int, typer.Argument(metavar="ALARM_ID", help="The alarm's number.")],
+    by: Annotated[str, typer.Option("--by", help="Who acknowledges it (audited).")],
+    note: Annotated[str | None, typer.Option("--note", show_default=False)] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge a monitoring alarm: it leaves the dashboard header (audited)."""
+    from marginwatch.daemon._monitor_cli import run_monitor_ack
+
+    raise typer.Exit(guarded(run_monitor_ack, alarm_id, by=by, note=note, db=db,
+                             config_path=config, echo=typer.echo))
+
+
 # --- daemon commands (run) -------------------------------------------------------
 
 

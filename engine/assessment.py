@@ -172,6 +172,7 @@ class Assessment:
     model_digest: str
     synthetic_demo: bool
     preview_rgb: np.ndarray | None = None
+    feature_mean: np.ndarray | None = None  # (K,) mean pooled CNN features over the tiles
 
     @property
     def seconds(self) -> float:
@@ -371,6 +372,10 @@ def finish(
         model_digest=model.digest,
         synthetic_demo=card.synthetic_demo,
         preview_rgb=prepared.preview_rgb,
+        feature_mean=(
+            None if inference.pooled is None
+            else inference.pooled.float().mean(dim=0).numpy().astype(np.float32)
+        ),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -129,6 +129,10 @@ class ModelCard(_Frozen):
     weights_dtype: Literal["float32", "float16"] = "float32"
     training_data_sha256: str | None = None
     metrics: dict[str, float | None] = Field(default_factory=dict)
+    input_reference: dict[str, Any] | None = Field(
+        None, description="training-centre image summary for input-drift monitoring "
+        "(marginwatch.tools.monitoring.reference_from_features)"
+    )
     synthetic_demo: bool = False
     description: str = ""
     created_utc: str | None = None

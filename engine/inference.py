@@ -32,13 +32,16 @@ class Inference:
 
     ``logits`` (N, 2) float32; ``probabilities`` (N,) calibrated tumour probability
     (softmax of logits / temperature); ``raw_probabilities`` (N,) the same at
-    temperature 1; ``cams`` (N, h, w) float32 >= 0, unnormalised, feature-map resolution.
+    temperature 1; ``cams`` (N, h, w) float32 >= 0, unnormalised, feature-map resolution;
+    ``pooled`` (N, K) float32, the global-average-pooled feature map (what the head sees),
+    kept as a small image summary for input-drift monitoring.
     """
 
     logits: torch.Tensor
     probabilities: torch.Tensor
     raw_probabilities: torch.Tensor
     cams: torch.Tensor
+    pooled: torch.Tensor | None = None
     backend: str = "torch"
     device: str = "cpu"
     precision: str = "fp32"
@@ -56,6 +59,7 @@ class Inference:
             probabilities=self.probabilities[start:stop],
             raw_probabilities=self.raw_probabilities[start:stop],
             cams=self.cams[start:stop],
+            pooled=None if self.pooled is None else self.pooled[start:stop],
         )
 
     @staticmethod
@@ -70,6 +74,11 @@ class Inference:
             probabilities=torch.cat([p.probabilities for p in parts]),
             raw_probabilities=torch.cat([p.raw_probabilities for p in parts]),
             cams=torch.cat([p.cams for p in parts]),
+            pooled=(
+                None
+                if any(p.pooled is None for p in parts)
+                else torch.cat([p.pooled for p in parts])  # type: ignore[misc]
+            ),
             forward_seconds=sum(p.forward_seconds for p in parts),
             cam_seconds=sum(p.cam_seconds for p in parts),
         )
@@ -101,6 +110,7 @@ def make_inference(
     """Probabilities and CAMs from a forward pass's logits and last feature map."""
     started = time.perf_counter()
     cams = class_activation_maps(feature_map, class_weight).cpu()
+    pooled = feature_map.float().mean(dim=(2, 3)).cpu()  # (N, K, h, w) -> (N, K)
     cam_seconds = time.perf_counter() - started
     logits = logits.detach().float().cpu()
     return Inference(
@@ -108,6 +118,7 @@ def make_inference(
         probabilities=calibrated_probabilities(logits, temperature),
         raw_probabilities=calibrated_probabilities(logits, 1.0),
         cams=cams,
+        pooled=pooled,
         backend=backend,
         device=device,
         precision=precision,

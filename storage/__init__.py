@@ -27,10 +27,15 @@ from .records import (
     FinishOutcome,
     HeartbeatView,
     ImageDetail,
+    ImageKey,
     ImageRow,
     LocationStatus,
+    MonitorAlarmView,
+    MonitorRow,
     Placement,
     TileRecord,
+    TruthEntry,
+    TruthImport,
 )
 from .store import Store
 
@@ -51,9 +56,14 @@ __all__ = [
     "FinishOutcome",
     "HeartbeatView",
     "ImageDetail",
+    "ImageKey",
     "ImageRow",
     "LocationStatus",
+    "MonitorAlarmView",
+    "MonitorRow",
     "Placement",
     "Store",
     "TileRecord",
+    "TruthEntry",
+    "TruthImport",
 ]

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import _cases, _digests, audit
-from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, Tile
+from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
 from .records import (
     AssessmentRecord,
     ClaimedJob,
@@ -214,6 +214,9 @@ def record_assessment(
             scale=result.heatmap_scale or 1.0,
         )
         session.add(heatmap)
+    if result.summary_kind is not None and result.summary_data is not None:
+        session.add(PredictionSummary(prediction_id=prediction.id, kind=result.summary_kind,
+                                      data=result.summary_data))
     session.flush()
     alert_id = None
     if result.decision:

@@ -14,12 +14,13 @@ patient; logs carry image ids only. A path keeps its exact bytes whatever they a
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -38,19 +39,24 @@ from sqlalchemy.types import TypeDecorator
 from ._paths import FsPath
 
 __all__ = [
+    "ALARM_KINDS",
     "ALERT_KINDS",
     "CASE_STATES",
     "JOB_STATES",
+    "TRUTH_STATUSES",
     "Alert",
     "AuditEvent",
     "Base",
     "Case",
+    "GroundTruth",
     "Heartbeat",
     "Heatmap",
     "Image",
     "Job",
     "ModelRow",
+    "MonitorAlarm",
     "Prediction",
+    "PredictionSummary",
     "Tile",
     "UTCDateTime",
 ]
@@ -58,6 +64,10 @@ __all__ = [
 JOB_STATES = ("pending", "processing", "done", "duplicate", "failed")
 CASE_STATES = ("open", "closed")
 ALERT_KINDS = ("tumour-at-margin", "not-assessed")
+#: Histopathology margin status: tumour at the margin / no tumour at the margin.
+TRUTH_STATUSES = ("tumour", "clear")
+#: Monitoring alarms (see docs/monitoring.md).
+ALARM_KINDS = ("sensitivity", "calibration", "input-drift")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -286,3 +296,65 @@ class Heartbeat(Base):
     details_json: Mapped[str] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     beat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GroundTruth(Base):
+    """The final histopathology margin status of one image, imported with its source.
+
+    ``revision`` counts the imports that set it: 1, then +1 per correction (each
+    correction's old and new values are in the audit trail, ``truth.corrected``).
+    """
+
+    __tablename__ = "ground_truth"
+    __table_args__ = (
+        CheckConstraint("status IN ('tumour', 'clear')", name="status"),
+        CheckConstraint("revision >= 1", name="revision"),
+    )
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(10))
+    reported_by: Mapped[str | None] = mapped_column(String(200))
+    report_date: Mapped[date | None] = mapped_column(Date)
+    note: Mapped[str | None] = mapped_column(Text)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    imported_by: Mapped[str] = mapped_column(String(200))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class PredictionSummary(Base):
+    """A small image summary kept with a prediction for input-drift monitoring.
+
+    ``kind`` names what ``data`` holds, e.g. ``pooled-features/v1``: the mean over the
+    image's tiles of the CNN's global-average-pooled last feature map, float32
+    little-endian (K values).
+    """
+
+    __tablename__ = "prediction_summaries"
+
+    prediction_id: Mapped[int] = mapped_column(
+        ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(40))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MonitorAlarm(Base):
+    """A monitoring alarm (performance, calibration or input drift) until acknowledged."""
+
+    __tablename__ = "monitor_alarms"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('sensitivity', 'calibration', 'input-drift')", name="kind"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    details_json: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ack_note: Mapped[str | None] = mapped_column(Text)

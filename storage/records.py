@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 __all__ = [
@@ -29,10 +29,15 @@ __all__ = [
     "FinishOutcome",
     "HeartbeatView",
     "ImageDetail",
+    "ImageKey",
     "ImageRow",
     "LocationStatus",
+    "MonitorAlarmView",
+    "MonitorRow",
     "Placement",
     "TileRecord",
+    "TruthEntry",
+    "TruthImport",
 ]
 
 
@@ -94,6 +99,8 @@ class AssessmentRecord:
     driving_tile: int | None = None
     heatmap_png: bytes | None = None
     heatmap_scale: float | None = None
+    summary_kind: str | None = None  # e.g. "pooled-features/v1" (input-drift monitoring)
+    summary_data: bytes | None = None  # float32 little-endian
 
     @classmethod
     def from_assessment(
@@ -133,7 +140,21 @@ class AssessmentRecord:
             heatmap_scale=(
                 None if heatmap_png is None else float(getattr(assessment, "heatmap_scale", 1.0))
             ),
+            **_summary(getattr(assessment, "feature_mean", None)),
         )
+
+
+def _summary(feature_mean: Any) -> dict[str, Any]:
+    """The pooled-feature summary as stored: float32 little-endian bytes (no numpy needed)."""
+    if feature_mean is None:
+        return {}
+    import array
+    import sys
+
+    values = array.array("f", (float(v) for v in feature_mean))
+    if sys.byteorder != "little":
+        values.byteswap()
+    return {"summary_kind": "pooled-features/v1", "summary_data": values.tobytes()}
 
 
 @dataclass(frozen=True)
@@ -385,3 +406,75 @@ class CaseDetail:
     case: CaseView
     images: tuple[CaseImage, ...]
     events: tuple[AuditEventView, ...]
+
+
+@dataclass(frozen=True)
+class ImageKey:
+    """An image a ground-truth key matched: its id, export root and path."""
+
+    image_id: str
+    root_key: str
+    rel_path: str
+
+
+@dataclass(frozen=True)
+class TruthEntry:
+    """One validated ground-truth row, resolved to the images it names."""
+
+    line: int
+    key: str  # as written in the file (for messages)
+    image_ids: tuple[str, ...]
+    status: str  # "tumour" | "clear"
+    reported_by: str | None = None
+    report_date: date | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class TruthImport:
+    """What one import did; ``corrections`` are (image_id, old status, new status, line)."""
+
+    added: int
+    corrected: int
+    updated: int  # same status, other details (reporter, date, note) changed
+    unchanged: int
+    corrections: tuple[tuple[str, str, str, int], ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.corrected or self.updated)
+
+
+@dataclass(frozen=True)
+class MonitorRow:
+    """One assessed image for monitoring: its prediction, truth (if any) and summary."""
+
+    image_id: str
+    root_key: str
+    rel_path: str
+    prediction_id: int
+    model_id: int
+    created_at: datetime
+    probability: float
+    decision: bool
+    threshold: float
+    truth: str | None  # "tumour" | "clear" | None
+    summary_kind: str | None = None
+    summary_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class MonitorAlarmView:
+    id: int
+    kind: str
+    model_id: int
+    message: str
+    details: dict[str, Any]
+    raised_at: datetime
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    ack_note: str | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acknowledged_at is not None

@@ -52,6 +52,7 @@ from .records import (
     ImageRow,
     Placement,
 )
+from .truth import MonitoringMethods
 
 __all__ = ["CHANGE_CHANNEL", "DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
 
@@ -71,7 +72,7 @@ def _now(now: datetime | None) -> datetime:
     return now
 
 
-class Store(CaseMethods):
+class Store(CaseMethods, MonitoringMethods):
     """An open database. Use :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(

@@ -46,6 +46,7 @@ from . import metrics
 from ._augment import Augmentation
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._dataset import TileCache, aggregate_images, build_cache
+from ._input_reference import input_reference
 from ._manifest import Manifest
 from ._objective import AdaptiveClassWeights, FocalLoss, fit_temperature
 from ._options import TrainOptions, preflight
@@ -521,7 +522,9 @@ def _finalise(
         temperature=temperature,
         threshold=threshold,
         training_data_sha256=manifest.sha256,
-        metrics={k: None if math.isnan(v) else round(float(v), 4) for k, v in val_metrics.items()},
+        metrics={k: None if math.isnan(v) else round(float(v), 4) for k, v in val_metrics.items()}
+        | {"target_sensitivity": options.target_sensitivity},
+        input_reference=input_reference(model, val),  # input-drift monitoring (monitor)
         synthetic_demo=options.synthetic_demo,
         description=description,
         created_utc=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
