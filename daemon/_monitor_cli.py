@@ -204,6 +204,7 @@ def run_monitor(
     as_json: bool,
     per_cases: int | None,
     raise_alarms: bool,
+    resamples: int = 2000,
     echo: Callable[[str], Any] = print,
     settings: Any = None,
     now: datetime | None = None,
@@ -212,7 +213,7 @@ def run_monitor(
     from marginwatch.storage import Store
     from marginwatch.tools.monitoring import MonitorSettings
 
-    settings = settings or MonitorSettings()
+    settings = settings or MonitorSettings(resamples=resamples)
     now = now or datetime.now(UTC)
     since_at, until_at = parse_when(since, "--since", now), parse_when(until, "--until", now)
     config = load_config(config_path)

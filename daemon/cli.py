@@ -340,6 +340,8 @@ def monitor_command(
     raise_alarms: Annotated[bool, typer.Option(
         "--raise-alarms", help="Record alarm conditions as alarms (opens the database "
         "read-write; audited).")] = False,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", min=100, help="Case-level bootstrap resamples.")] = 2000,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -350,7 +352,8 @@ def monitor_command(
 
     raise typer.Exit(guarded(run_monitor, db=db, config_path=config, since=since, until=until,
                              report=report, as_json=as_json, per_cases=per_cases,
-                             raise_alarms=raise_alarms, echo=typer.echo))
+                             raise_alarms=raise_alarms, resamples=resamples,
+                             echo=typer.echo))
 
 
 @monitor_app.command("ack")

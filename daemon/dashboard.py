@@ -67,6 +67,7 @@ class Snapshot:
     stale_after_seconds: float = 10.0
     daemon: dict[str, Any] = field(default_factory=dict)  # model/backend (heartbeat details)
     alerts: list[Any] = field(default_factory=list)  # AlertView, newest first
+    alarms: list[Any] = field(default_factory=list)  # open MonitorAlarmView, newest first
     picture: Picture | None = None
     picture_alert: Any = None  # AlertView the picture belongs to
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # driving box
@@ -153,6 +154,7 @@ class Source:
         if shot.heartbeat is not None:
             shot.daemon = self._daemon_info(store, shot.heartbeat)
         shot.alerts = store.open_alerts()
+        shot.alarms = store.open_monitor_alarms()
         # The picture: the newest tumour alert's Grad-CAM (a not-assessed alert has none;
         # it is shown as its message only when no tumour alert is open).
         tumour = [a for a in shot.alerts if a.kind == "tumour-at-margin"]
@@ -301,7 +303,19 @@ def _header(shot: Snapshot, width: int) -> RenderableType:
         lines.append(Text(f" Outputs are for {RESEARCH}.", style="dim"))
     if shot.db_problem is not None:
         lines.append(Text(_problem_line(shot), style=AMBER, overflow="fold"))
+    if shot.alarms:
+        lines.append(_alarm_line(shot, width))
     return Group(*lines)
+
+
+def _alarm_line(shot: Snapshot, width: int) -> Text:
+    """Open monitoring alarms (until `marginwatch monitor ack`): newest first, one line."""
+    newest = shot.alarms[0]
+    more = f" (+{len(shot.alarms) - 1} more)" if len(shot.alarms) > 1 else ""
+    line = Text(f" MONITOR ALARM #{newest.id} {newest.kind}{more} (marginwatch monitor ack "
+                f"{newest.id} --by NAME): {newest.message} ", style=AMBER)
+    line.truncate(width, overflow="ellipsis")
+    return line
 
 
 def _alert_rows(shot: Snapshot, width: int, rows: int) -> RenderableType:
@@ -450,7 +464,7 @@ def _footer(shot: Snapshot, width: int) -> Text:
 def render(shot: Snapshot, width: int, height: int) -> Layout:
     """The whole frame for a ``width`` x ``height`` terminal (readable from 80x24)."""
     header = _header(shot, width)
-    header_rows = 2
+    header_rows = 3 if shot.alarms else 2
     if shot.db_problem:  # the whole message, wrapped: it names the file and what to do
         header_rows += min(3, 1 + -(-len(_problem_line(shot)) // width))
     body_rows = max(8, height - header_rows - 1)
