@@ -93,14 +93,14 @@ def build_report(
     vectors = [v for v in (_vector(r.summary_data) for r in rows
                            if r.summary_kind == monitoring.SUMMARY_KIND) if v is not None]
     reference = card.get("input_reference")
-    distances: list[float] = []
+    scores = np.empty((0, 0))
     mismatch = None
     if vectors and reference:
         try:
-            distances = monitoring.feature_distances(np.stack(vectors), reference).tolist()
-        except ValueError as exc:  # summaries of another size than the card's reference
-            mismatch = str(exc)
-    drift = monitoring.drift_test(distances, reference, settings)
+            scores = monitoring.component_scores(np.stack(vectors), reference)
+        except (ValueError, KeyError) as exc:  # another summary size, an older reference
+            mismatch = f"the card's input_reference does not fit these summaries: {exc}"
+    drift = monitoring.drift_test(scores, reference if not mismatch else None, settings)
     report["drift"] = drift.as_dict() | ({"reason": mismatch} if mismatch else {})
     report["findings"] = [
         {"kind": f.kind, "message": f.message, "details": f.details}
@@ -170,8 +170,9 @@ def _text(report: dict[str, Any], alarms: list[Any], since: Any, until: Any) -> 
                          f"{_fmt(card, pct):>17}")
     drift = report["drift"] or {}
     if drift.get("p_value") is not None:
-        lines.append(f"input drift: KS {drift['ks_statistic']:.3f}, p={drift['p_value']:.2g} "
-                     f"(last {drift['n_images']} images vs {drift['n_reference']} reference)")
+        lines.append(f"input drift: worst component {drift['component']}: KS "
+                     f"{drift['ks_statistic']:.3f}, Bonferroni p={drift['p_value']:.2g} (last "
+                     f"{drift['n_images']} images vs {drift['n_reference']} reference)")
     elif drift:
         lines.append(f"input drift: not tested ({drift.get('reason')})")
     if report["findings"]:
@@ -204,7 +205,6 @@ def run_monitor(
     as_json: bool,
     per_cases: int | None,
     raise_alarms: bool,
-    resamples: int = 2000,
     echo: Callable[[str], Any] = print,
     settings: Any = None,
     now: datetime | None = None,
@@ -213,7 +213,7 @@ def run_monitor(
     from marginwatch.storage import Store
     from marginwatch.tools.monitoring import MonitorSettings
 
-    settings = settings or MonitorSettings(resamples=resamples)
+    settings = settings or MonitorSettings()
     now = now or datetime.now(UTC)
     since_at, until_at = parse_when(since, "--since", now), parse_when(until, "--until", now)
     config = load_config(config_path)

@@ -342,6 +342,19 @@ def monitor_command(
         "read-write; audited).")] = False,
     resamples: Annotated[int, typer.Option(
         "--resamples", min=100, help="Case-level bootstrap resamples.")] = 2000,
+    target_sensitivity: Annotated[float | None, typer.Option(
+        "--target-sensitivity", min=0.01, max=1.0, help="Sensitivity alarm target (default: "
+        "the model card's, else 0.90).", show_default=False)] = None,
+    calibration_margin: Annotated[float, typer.Option(
+        "--calibration-margin", min=0.0, help="Brier/ECE worse than the card's by more "
+        "than this (CI lower bound) raises the calibration alarm.")] = 0.05,
+    drift_p_value: Annotated[float, typer.Option(
+        "--drift-p-value", min=1e-12, max=0.5, help="Input-drift alarm below this "
+        "Bonferroni-adjusted KS p-value.")] = 0.001,
+    drift_window: Annotated[int, typer.Option(
+        "--drift-window", min=2, help="Most recent images tested for input drift.")] = 200,
+    drift_min_images: Annotated[int, typer.Option(
+        "--drift-min-images", min=2, help="Fewer images: no drift test.")] = 30,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -349,11 +362,16 @@ def monitor_command(
     if ctx.invoked_subcommand is not None:
         return
     from marginwatch.daemon._monitor_cli import run_monitor
+    from marginwatch.tools.monitoring import MonitorSettings
 
+    settings = MonitorSettings(
+        target_sensitivity=target_sensitivity, calibration_margin=calibration_margin,
+        drift_p_value=drift_p_value, drift_window=drift_window,
+        drift_min_images=drift_min_images, resamples=resamples,
+    )
     raise typer.Exit(guarded(run_monitor, db=db, config_path=config, since=since, until=until,
                              report=report, as_json=as_json, per_cases=per_cases,
-                             raise_alarms=raise_alarms, resamples=resamples,
-                             echo=typer.echo))
+                             raise_alarms=raise_alarms, settings=settings, echo=typer.echo))
 
 
 @monitor_app.command("ack")

@@ -13,12 +13,13 @@ Three alarms (:func:`findings`):
 - ``calibration``: the lower bound of the CI of the Brier score (or of the ECE) is
   worse than the card's validation value plus ``calibration_margin``;
 - ``input-drift`` (no ground truth needed): each image's mean pooled CNN feature
-  vector ``f`` is reduced to its standardised squared distance from the training
-  reference, ``d = mean_k ((f_k - mu_k) / sigma_k)^2`` (``mu``, ``sigma`` and the
-  reference images' own distances are stored in the card, ``input_reference``); the
-  most recent ``drift_window`` images' distances are compared with the reference
-  distances by the two-sample Kolmogorov-Smirnov test (scipy); alarm when
-  ``p < drift_p_value`` with at least ``drift_min_images`` images.
+  vector is standardised and projected on the top principal axes of held-out
+  training-centre images (the card's ``input_reference``: ``mu``, ``sigma``, ``axes``,
+  ``scale`` and those images' own scores); for each axis the most recent
+  ``drift_window`` images' scores are compared with the reference scores by the
+  two-sample Kolmogorov-Smirnov test (scipy); alarm when the smallest p-value times
+  the number of axes (Bonferroni) is below ``drift_p_value``, with at least
+  ``drift_min_images`` images.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = [
     "TrendPoint",
     "case_of",
     "drift_test",
-    "feature_distances",
+    "component_scores",
     "findings",
     "performance",
     "reference_from_features",
@@ -54,7 +55,7 @@ __all__ = [
 SUMMARY_KIND = "pooled-features/v1"
 DEFAULT_TARGET_SENSITIVITY = 0.90
 _SIGMA_FLOOR = 1e-6
-_REFERENCE_MAX = 500  # reference distances kept in the card
+_REFERENCE_MAX = 500  # reference images' scores kept in the card
 
 
 @dataclass(frozen=True)
@@ -219,72 +220,69 @@ def _matrix(vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     return x
 
 
-def _distances(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    return np.mean(((x - mu) / sigma) ** 2, axis=1)
-
-
-def _loo_distance(x: np.ndarray, i: int) -> float:
-    rest = np.delete(x, i, axis=0)
-    mu = rest.mean(axis=0)
-    sigma = np.maximum(rest.std(axis=0, ddof=1) if rest.shape[0] > 1 else 0.0, _SIGMA_FLOOR)
-    return float(_distances(x[i : i + 1], mu, sigma)[0])
-
-
 def reference_from_features(
-    vectors: Sequence[Sequence[float]] | np.ndarray, *, source: str
+    vectors: Sequence[Sequence[float]] | np.ndarray, *, source: str, components: int = 5
 ) -> dict[str, Any]:
     """The card's ``input_reference`` from held-out training-centre images' summaries.
 
-    ``vectors`` (N, K): each image's mean pooled CNN features. Stores ``mu``/``sigma``
-    per feature and the images' own leave-one-out distances (at most 500, as evenly
-    spaced quantiles).
+    ``vectors`` (N, K): each image's mean pooled CNN features. Features are standardised
+    (``mu``, ``sigma``), the top ``components`` principal directions of the reference
+    are kept (``axes``, with ``scale`` = the score standard deviation), and the
+    reference images' own scores (N, components; at most 500 rows) are stored so that
+    new images can be compared with them.
     """
     x = _matrix(vectors)
-    if x.shape[0] < 3:
+    n, k_features = x.shape
+    if n < 3:
         raise ValueError("a drift reference needs at least 3 images")
     mu = x.mean(axis=0)
     sigma = np.maximum(x.std(axis=0, ddof=1), _SIGMA_FLOOR)
-    # Each reference image's distance leaves it out of mu/sigma (leave-one-out): an
-    # image's distance from statistics it helped estimate is biased low, and new images
-    # from the same centre would then look drifted.
-    d = np.sort(np.array([_loo_distance(x, i) for i in range(x.shape[0])]))
-    if d.size > _REFERENCE_MAX:
-        d = np.quantile(d, np.linspace(0, 1, _REFERENCE_MAX))
+    z = (x - mu) / sigma
+    k = max(1, min(components, n - 1, k_features))
+    _, singular, vt = np.linalg.svd(z, full_matrices=False)
+    scale = np.maximum(singular[:k] / math.sqrt(n - 1), _SIGMA_FLOOR)
+    scores = z @ vt[:k].T / scale
+    if n > _REFERENCE_MAX:
+        keep = np.sort(np.random.default_rng(0).choice(n, _REFERENCE_MAX, replace=False))
+        scores = scores[keep]
     return {
         "kind": SUMMARY_KIND,
-        "statistic": "ks-2samp on mean squared standardised feature distance",
+        "statistic": "two-sample KS per principal component, Bonferroni over components",
         "source": source,
-        "n_images": int(x.shape[0]),
+        "n_images": int(n),
         "mu": [round(float(v), 7) for v in mu],
         "sigma": [round(float(v), 7) for v in sigma],
-        "distances": [round(float(v), 6) for v in d],
+        "axes": [[round(float(v), 7) for v in row] for row in vt[:k]],
+        "scale": [round(float(v), 7) for v in scale],
+        "scores": [[round(float(v), 5) for v in row] for row in scores],
     }
 
 
-def feature_distances(
+def component_scores(
     vectors: Sequence[Sequence[float]] | np.ndarray, reference: Mapping[str, Any]
 ) -> np.ndarray:
-    """(N,) standardised squared distances of images' summaries from the reference."""
+    """(N, components) scores of images' summaries on the reference's principal axes."""
     x = _matrix(vectors)
     mu = np.asarray(reference["mu"], dtype=np.float64)
     sigma = np.maximum(np.asarray(reference["sigma"], dtype=np.float64), _SIGMA_FLOOR)
-    if mu.shape != (x.shape[1],) or sigma.shape != mu.shape:
+    axes = np.asarray(reference["axes"], dtype=np.float64)
+    scale = np.asarray(reference["scale"], dtype=np.float64)
+    if mu.shape != (x.shape[1],) or axes.shape[1:] != mu.shape:
         raise ValueError(
             f"feature vectors have {x.shape[1]} values; the card's reference has {mu.size}"
         )
-    return _distances(x, mu, sigma)
+    return ((x - mu) / sigma) @ axes.T / scale
 
 
 @dataclass(frozen=True)
 class DriftResult:
-    """The KS test of recent distances against the reference distances."""
+    """The KS tests of recent images' component scores against the reference's."""
 
     n_images: int
     n_reference: int
-    statistic: float
-    p_value: float
-    median_distance: float
-    reference_median_distance: float
+    statistic: float  # KS statistic of the component with the smallest p-value
+    p_value: float  # Bonferroni-adjusted: min over components of p, times their number
+    component: int | None  # 0-based index of that component
     alarm: bool
     reason: str | None = None  # why no test was made (too few images, no reference)
 
@@ -295,38 +293,37 @@ class DriftResult:
         return {
             "n_images": self.n_images, "n_reference": self.n_reference,
             "ks_statistic": clean(self.statistic), "p_value": clean(self.p_value),
-            "median_distance": clean(self.median_distance),
-            "reference_median_distance": clean(self.reference_median_distance),
-            "alarm": self.alarm, "reason": self.reason,
+            "component": self.component, "alarm": self.alarm, "reason": self.reason,
         }
 
 
 def drift_test(
-    distances: Sequence[float] | np.ndarray,
+    scores: Sequence[Sequence[float]] | np.ndarray,
     reference: Mapping[str, Any] | None,
     settings: MonitorSettings,
 ) -> DriftResult:
-    """Two-sample KS (scipy) of the most recent ``drift_window`` distances vs the card's."""
+    """KS (scipy) of the most recent ``drift_window`` images' scores, per component."""
     from scipy.stats import ks_2samp
 
-    d = np.asarray(distances, dtype=np.float64)[-settings.drift_window :]
-    ref = np.asarray(reference["distances"], dtype=np.float64) if reference else np.empty(0)
     nan = math.nan
-    if ref.size < 2:
-        return DriftResult(int(d.size), int(ref.size), nan, nan, nan, nan, False,
+    ref = np.asarray(reference["scores"], dtype=np.float64) if reference else np.empty((0, 0))
+    s = np.asarray(scores, dtype=np.float64)
+    s = (s if s.ndim == 2 else s.reshape(0, 0))[-settings.drift_window :]
+    if ref.ndim != 2 or ref.shape[0] < 3:
+        return DriftResult(int(s.shape[0]), 0, nan, nan, None, False,
                            "the model card has no input_reference (train writes one)")
-    ref_median = float(np.median(ref))
-    if d.size < settings.drift_min_images:
-        return DriftResult(int(d.size), int(ref.size), nan, nan,
-                           float(np.median(d)) if d.size else nan, ref_median, False,
-                           f"{d.size} image(s) with a summary; the test needs "
+    if s.shape[0] and s.shape[1] != ref.shape[1]:
+        raise ValueError(f"scores have {s.shape[1]} components; the reference has "
+                         f"{ref.shape[1]}")
+    if s.shape[0] < settings.drift_min_images:
+        return DriftResult(int(s.shape[0]), int(ref.shape[0]), nan, nan, None, False,
+                           f"{s.shape[0]} image(s) with a summary; the test needs "
                            f"{settings.drift_min_images}")
-    result = ks_2samp(d, ref)
-    p_value = float(result.pvalue)
-    return DriftResult(
-        int(d.size), int(ref.size), float(result.statistic), p_value, float(np.median(d)),
-        ref_median, p_value < settings.drift_p_value,
-    )
+    tests = [ks_2samp(s[:, j], ref[:, j]) for j in range(ref.shape[1])]
+    worst = int(np.argmin([t.pvalue for t in tests]))
+    p_value = min(1.0, float(tests[worst].pvalue) * len(tests))
+    return DriftResult(int(s.shape[0]), int(ref.shape[0]), float(tests[worst].statistic),
+                       p_value, worst, p_value < settings.drift_p_value)
 
 
 # --- alarms ---------------------------------------------------------------------------
@@ -397,8 +394,8 @@ def findings(
         out.append(Finding(
             "input-drift",
             f"input drift: image features differ from the training reference "
-            f"(KS {drift.statistic:.2f}, p={drift.p_value:.1e} < {settings.drift_p_value:g}, "
-            f"last {drift.n_images} images)",
+            f"(component {drift.component}, KS {drift.statistic:.2f}, p={drift.p_value:.1e} "
+            f"< {settings.drift_p_value:g}, last {drift.n_images} images)",
             drift.as_dict(),
         ))
     return out
