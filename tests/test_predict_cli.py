@@ -135,11 +135,10 @@ def test_odd_and_unreadable_arguments_each_get_one_line(tmp_path, tiny_model_dir
     import shutil
     import subprocess
     import sys
+    import tempfile
     from pathlib import Path
 
     from conftest import write_fcm_tiff
-
-    import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="mw-predict-", dir="/tmp"))  # nobody can enter it
     os.chmod(base, 0o777)
