@@ -52,6 +52,8 @@ class JobStore(Protocol):
         max_attempts: int,
     ) -> FailOutcome: ...
 
+    def release_job(self, job_id: int, owner: str) -> None: ...
+
 
 class Stages(Protocol):
     """The engine's stages for one model: read and plan, aggregate, make the record.

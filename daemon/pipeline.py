@@ -53,12 +53,14 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from marginwatch.engine.errors import (
     BackendError,
     ConflictError,
+    DatabaseUnavailableError,
     ImageTooLargeError,
     InputError,
     InvalidPixelsError,
@@ -81,6 +83,8 @@ __all__ = ["Assess", "Duplicate", "Fail", "FileChangedError", "FinishMessage", "
            "RefusedFileError", "Settings"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class RefusedFileError(InputError):
@@ -439,7 +443,7 @@ class Pipeline:
             self._record_failure(work, exc)
             return
         job = work.job
-        outcome = self._store.finish_job(job.job_id, self._owner, record)
+        outcome = self._durably(self._store.finish_job, job.job_id, self._owner, record)
         self._recorded[sha] = outcome.prediction_id
         self.counts["assessed"] += 1
         logger.info(
@@ -448,16 +452,42 @@ class Pipeline:
             outcome.alert_id, time.monotonic() - work.started,
         )
 
+    def _durably(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)``, again and again while the database is unavailable (read-only,
+        full, restarting, locked): the outcome is recorded once it heals, the attempt
+        not spent. Gives up (raises) only when the pipeline is stopping."""
+        delay = 0.2
+        while True:
+            try:
+                return call(*args)
+            except DatabaseUnavailableError as exc:
+                if self._closing.is_set():
+                    raise
+                logger.warning("database unavailable (%s); recording again in %.1fs",
+                               type(exc).__name__, delay)
+                if self._closing.wait(delay):
+                    raise
+                delay = min(5.0, delay * 2)
+
     def _record_duplicate(self, work: _Work, sha: str, of_prediction_id: int) -> None:
-        self._store.mark_duplicate(work.job.job_id, self._owner, sha, of_prediction_id)
+        self._durably(self._store.mark_duplicate, work.job.job_id, self._owner, sha,
+                      of_prediction_id)
         self.counts["duplicate"] += 1
         logger.info("image %s: duplicate of prediction %s", work.job.image_id, of_prediction_id)
 
     def _record_failure(self, work: _Work, exc: BaseException) -> None:
         job = work.job
+        if isinstance(exc, DatabaseUnavailableError):
+            # Not the file's fault (e.g. the duplicate lookup met a database fault): the
+            # job goes back to pending, the attempt not counted.
+            self._durably(self._store.release_job, job.job_id, self._owner)
+            self.counts["released"] += 1
+            logger.warning("image %s: put back, the database was unavailable", job.image_id)
+            return
         abs_path = os.path.join(self._root, job.rel_path)
         error_class, message, retry = describe_failure(exc, abs_path, job.rel_path)
-        outcome = self._store.fail_job(
+        outcome = self._durably(
+            self._store.fail_job,
             job.job_id,
             self._owner,
             error_class,

@@ -88,6 +88,14 @@ def _sqlite_engine(path: Path, *, readonly: bool, busy_s: float) -> Engine:
             return sqlite3.connect(
                 uri, uri=True, timeout=busy_s, isolation_level=None, check_same_thread=False
             )
+        # SQLite opens a file it may not write read-only, silently, and the pool would
+        # keep that connection read-only for good: refuse to connect instead, so that a
+        # later attempt connects read-write once permissions (or the mount) are back.
+        for where in (path, path.parent):
+            if where.exists() and not os.access(where, os.W_OK):
+                raise sqlite3.OperationalError(
+                    f"attempt to write a readonly database ({where} is not writable now)"
+                )
         return sqlite3.connect(
             str(path), timeout=busy_s, isolation_level=None, check_same_thread=False
         )

@@ -249,12 +249,24 @@ class Store(CaseMethods, MonitoringMethods):
         )
 
     @contextmanager
+    def _healing(self) -> Iterator[None]:
+        """Translate driver errors; after a fault with the database itself (read-only,
+        full, I/O, server restart, locked), drop the pooled connections so that the next
+        call connects afresh, read-write, once the fault has cleared."""
+        try:
+            with self._translate():
+                yield
+        except DatabaseUnavailableError:
+            self._engine.dispose()
+            raise
+
+    @contextmanager
     def _write(self, *, audited: bool = True) -> Iterator[Session]:
         if self.readonly:
             raise DatabaseUnavailableError(
                 f"{self.location}: opened read-only (auditor mode); refusing to write"
             )
-        with self._translate(), Session(self._engine, expire_on_commit=False) as session:
+        with self._healing(), Session(self._engine, expire_on_commit=False) as session:
             with session.begin():
                 if audited:
                     audit.lock_chain(session)
@@ -267,7 +279,7 @@ class Store(CaseMethods, MonitoringMethods):
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._translate(), Session(self._engine) as session, session.begin():
+        with self._healing(), Session(self._engine) as session, session.begin():
             yield session
 
     # --- models and discovery -------------------------------------------------------
