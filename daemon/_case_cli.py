@@ -178,14 +178,15 @@ def case_close(
 
 def case_report(
     db: str | None, config: Path | None, case: str, out_dir: Path, echo: Any = print,
-    now: datetime | None = None,
-) -> Path:
+    now: datetime | None = None, pdf: bool = False,
+) -> list[Path]:
     from ._case_report import write_report
 
     store, cfg = _open(db, config, readonly=True)
     with store:
-        path = write_report(store, case, out_dir, display=cfg.cases.display,
-                            now=now or datetime.now(UTC), vocabulary=cfg.cases.locations,
-                            max_pixels=cfg.engine.max_pixels)
-    echo(f"report written to {path}")
-    return path
+        paths = write_report(store, case, out_dir, display=cfg.cases.display,
+                             now=now or datetime.now(UTC), vocabulary=cfg.cases.locations,
+                             max_pixels=cfg.engine.max_pixels, pdf=pdf)
+    for path in paths:
+        echo(f"report written to {path}")
+    return paths

@@ -13,7 +13,8 @@ and the audit chain's head (sequence number and hash) when the report was made.
 The source image is read (read-only) from the export folder to draw the thumbnail;
 when it cannot be, the Grad-CAM map alone is shown, with why. The case is labelled by
 ``cases.display`` (folder name, or opaque id; with "id" no file or folder name appears).
-No PDF: see docs/cases.md. Imports no torch.
+With ``--pdf`` the same content is also drawn as a PDF by matplotlib
+(:mod:`._case_pdf`). Imports no torch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from PIL import Image
 from ._case_cli import STATE_WORDS
 from ._case_panel import face_rows
 
-__all__ = ["THUMBNAIL_PX", "render_report", "write_report"]
+__all__ = ["THUMBNAIL_PX", "ImageData", "ReportData", "gather", "render_report", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,88 +171,165 @@ def _model_is_demo(store: Any) -> dict[str, bool]:
             for e in store.audit_events() if e.action == "model.registered"}
 
 
-def _image_block(item: Any, detail: Any, display: str, max_pixels: int,
-                 scrub: Any = str) -> str:
-    """One image's block; ``scrub`` takes the case folder's name out of free text."""
+@dataclass
+class ImageData:
+    """One image of the report: its picture (PNG), the caption and its facts (plain text)."""
+
+    item: Any  # CaseImage
+    detail: Any  # ImageDetail
+    png: bytes | None
+    note: str
+    facts: list[tuple[str, str]]
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows, gathered once for the HTML and the PDF."""
+
+    detail: Any  # CaseDetail
+    label: str
+    display: str
+    vocabulary: list[str]
+    demo: bool
+    now: datetime
+    chain: Any  # AuditReport
+    images: list[ImageData] = field(default_factory=list)
+
+    @property
+    def summary(self) -> list[str]:
+        c = self.detail.case
+        closed = "" if c.state == "open" else (
+            f" - {c.close_reason} by {c.closed_by} at {_when(c.closed_at)}"
+            + (f": {c.close_note}" if c.close_note else ""))
+        return [f"case id {c.case_id}; {c.state}{closed}"
+                + (f"; reopened {c.reopened} time(s) by late images" if c.reopened else ""),
+                f"opened {_when(c.opened_at)}, last image {_when(c.last_image_at)}; "
+                f"report made {_when(self.now)}",
+                f"overall: {STATE_WORDS[c.status]} - {c.images} image(s): "
+                + ", ".join(f"{c.counts[k]} {STATE_WORDS[k]}" for k in c.counts)]
+
+    @property
+    def acks(self) -> list[str]:
+        return [f"alert #{a.id} {a.kind} ({img.item.location}): acknowledged by "
+                f"{a.acknowledged_by} at {_when(a.acknowledged_at)}"
+                + (f" - {a.ack_note}" if a.ack_note else "")
+                for img in self.images for a in img.detail.alerts if a.acknowledged_at]
+
+    @property
+    def events(self) -> list[str]:
+        return [f"#{e.seq} {_when(e.ts)} {e.action} by {e.actor}" for e in self.detail.events]
+
+    @property
+    def chain_line(self) -> str:
+        chain = self.chain
+        state = "intact" if chain.ok else f"BROKEN at #{chain.first_bad_seq}"
+        return (f"At {_when(self.now)} the audit chain held {chain.events} event(s); head "
+                f"#{chain.head_seq} {chain.head_hash}; {state}.")
+
+
+def _facts(item: Any, detail: Any, display: str, scrub: Callable[[str], str]
+           ) -> list[tuple[str, str]]:
+    """(name, plain text) rows about one image; ``scrub`` takes out the case folder's name."""
     from marginwatch.engine.pathnames import display_path
 
-    png, note = _picture(detail, max_pixels)
-    img = (f'<img alt="image {_e(item.image_id[:8])}" src="{_png_uri(png)}">' if png
-           else '<div style="width:240px">no picture</div>')
     r = detail.row
-    rows = [("image id", f'<span class="mono">{_e(item.image_id)}</span>')]
+    rows = [("image id", item.image_id)]
     if display == "folder":
-        rows.append(("file", _e(display_path(item.rel_path))))
-    rows.append(("location", f"{_e(item.location)} (from {_e(item.location_source or '-')})"))
+        rows.append(("file", display_path(item.rel_path)))
+    rows.append(("location", f"{item.location} (from {item.location_source or '-'})"))
     if item.location_issue:
-        rows.append(("location problem", f'<span class="issue">{_e(item.location_issue)}</span>'))
-    rows.append(("state", _state(item.state) + f" (job {_e(r.state)}, attempts {r.attempts})"))
+        rows.append(("location problem", item.location_issue))
+    rows.append(("state", f"{STATE_WORDS[item.state]} (job {r.state}, attempts {r.attempts})"))
     if r.probability is not None:
         decision = "tumour at margin" if r.decision else "no tumour at margin"
         rows.append(("probability", f"{r.probability:.3f} (raw {detail.raw_probability:.3f}); "
                                     f"threshold {r.threshold:.3f}; decision {decision}"))
-        rows.append(("model", f'{_e(detail.model_architecture)} <span class="mono">'
-                              f"{_e(r.model_digest)}</span>"))
-        rows.append(("backend", f"{_e(r.backend)} on {_e(detail.device)} ({_e(detail.precision)})"))
+        rows.append(("model", f"{detail.model_architecture} {r.model_digest}"))
+        rows.append(("backend", f"{r.backend} on {detail.device} ({detail.precision})"))
     if r.error_message:
-        rows.append(("not assessed", f'<span class="issue">{_e(r.error_class)}: '
-                                     f"{_e(scrub(r.error_message))}</span>"))
+        rows.append(("not assessed", f"{r.error_class}: {r.error_message}"))
     if detail.shape is not None:
         rows.append(("quality", f"shape {tuple(detail.shape)}, {detail.um_per_px} µm/px "
-                                f"({_e(detail.um_per_px_source)}), profile {_e(detail.profile)}, "
+                                f"({detail.um_per_px_source}), profile {detail.profile}, "
                                 f"{len(detail.tiles)} tile(s)"))
     quality = getattr(detail, "quality", None)  # the quality gate's measurements, if recorded
     if quality:
-        rows.append(("quality checks", _e(quality)))
+        rows.append(("quality checks", str(quality)))
     if detail.timings:
-        rows.append(("timings", ", ".join(f"{_e(k)} {v * 1000:.0f} ms"
+        rows.append(("timings", ", ".join(f"{k} {v * 1000:.0f} ms"
                                           for k, v in detail.timings.items())))
     rows.append(("first seen", _when(item.first_seen)))
     for alert in detail.alerts:
-        ack = (f"acknowledged by {_e(alert.acknowledged_by)} at {_when(alert.acknowledged_at)}"
-               + (f" ({_e(alert.ack_note)})" if alert.ack_note else "")
-               if alert.acknowledged_at else '<span class="issue">NOT acknowledged</span>')
-        rows.append((f"alert #{alert.id}", f"{_e(alert.kind)} at {_when(alert.raised_at)}: {ack}"))
-    rows = [(k, v if display == "folder" else scrub(v)) for k, v in rows]
-    table = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
-    return (f'<div class="image"><figure style="margin:0">{img}<figcaption>{_e(note)}'
-            f"</figcaption></figure><table>{table}</table></div>")
+        ack = (f"acknowledged by {alert.acknowledged_by} at {_when(alert.acknowledged_at)}"
+               + (f" ({alert.ack_note})" if alert.ack_note else "")
+               if alert.acknowledged_at else "NOT acknowledged")
+        rows.append((f"alert #{alert.id}", f"{alert.kind} at {_when(alert.raised_at)}: {ack}"))
+    return [(k, scrub(v)) for k, v in rows]
 
 
-def render_report(
-    store: Any, case_key: str, *, display: str, vocabulary: list[str], max_pixels: int,
-    now: datetime,
-) -> tuple[str, Any]:
-    """The HTML text and the ``CaseDetail`` it describes (NotFoundError: no such case)."""
+def gather(store: Any, case_key: str, *, display: str, vocabulary: list[str], max_pixels: int,
+           now: datetime) -> ReportData:
+    """Read what the report shows (NotFoundError: no such case); pictures drawn once."""
     from marginwatch.engine.pathnames import display_path
 
     detail = store.case_detail(case_key)
     c = detail.case
-    label = display_path(c.folder) if display == "folder" else c.label("id")
-    chain = store.verify_audit()
+    folder = display_path(c.folder)
+    label = folder if display == "folder" else c.label("id")
+
+    def scrub(text: str) -> str:  # with display "id": no folder name in messages either
+        return text if display == "folder" or not folder else text.replace(folder, label)
+
     demo = _model_is_demo(store)
-    images = [(item, store.image_detail(item.image_id)) for item in detail.images]
-    any_demo = any(demo.get(d.row.model_digest or "", False) for _, d in images)
+    data = ReportData(detail=detail, label=label, display=display, vocabulary=vocabulary,
+                      demo=False, now=now, chain=store.verify_audit())
+    for item in detail.images:
+        image = store.image_detail(item.image_id)
+        png, note = _picture(image, max_pixels)
+        data.images.append(ImageData(item, image, png, note, _facts(item, image, display, scrub)))
+        data.demo = data.demo or demo.get(image.row.model_digest or "", False)
+    return data
+
+
+_ISSUE_ROWS = ("location problem", "not assessed")
+
+
+def _image_block(img: ImageData) -> str:
+    picture = (f'<img alt="image {_e(img.item.image_id[:8])}" src="{_png_uri(img.png)}">'
+               if img.png else '<div style="width:240px">no picture</div>')
+    cells = []
+    for name, text in img.facts:
+        value = _e(text)
+        if name == "state":
+            rest = text.partition(" (")[2]
+            value = _state(img.item.state) + (f" ({_e(rest)}" if rest else "")
+        elif name in _ISSUE_ROWS or text.endswith("NOT acknowledged"):
+            value = f'<span class="issue">{value}</span>'
+        elif name in ("image id", "model"):
+            value = f'<span class="mono">{value}</span>'
+        cells.append(f"<tr><th>{_e(name)}</th><td>{value}</td></tr>")
+    return (f'<div class="image"><figure style="margin:0">{picture}<figcaption>'
+            f'{_e(img.note)}</figcaption></figure><table>{"".join(cells)}</table></div>')
+
+
+def render_report(data: ReportData) -> str:
+    """The report as one self-contained HTML text."""
+    c = data.detail.case
     out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>marginwatch case report — {_e(label)}</title><style>{_CSS}</style>",
+           f"<title>marginwatch case report — {_e(data.label)}</title><style>{_CSS}</style>",
            "</head><body>",
            '<div class="banner">RESEARCH USE ONLY — not a medical device and not a diagnosis. '
            "These are outputs of a research CNN on fluorescence confocal microscopy images; "
            "the final histopathology decides.</div>"]
-    if any_demo:
+    if data.demo:
         out.append('<div class="banner demo">SYNTHETIC DEMO MODEL: trained on synthetic images '
                    "only; its results mean nothing clinically.</div>")
-    closed = "" if c.state == "open" else (
-        f" — {_e(c.close_reason)} by {_e(c.closed_by)} at {_when(c.closed_at)}"
-        + (f": {_e(c.close_note)}" if c.close_note else ""))
-    out += [f"<h1>Case {_e(label)}</h1>",
-            f'<p>case id <span class="mono">{_e(c.case_id)}</span>; {_e(c.state)}{closed}'
-            + (f"; reopened {c.reopened} time(s) by late images" if c.reopened else "")
-            + f"<br>opened {_when(c.opened_at)}, last image {_when(c.last_image_at)}; "
-            f"report made {_when(now)}</p>",
+    summary = data.summary
+    out += [f"<h1>Case {_e(data.label)}</h1>",
+            f"<p>{_e(summary[0])}<br>{_e(summary[1])}</p>",
             f"<p>Overall: {_state(c.status)} — {c.images} image(s): "
             + ", ".join(f"{c.counts[k]} {STATE_WORDS[k]}" for k in c.counts) + "</p>",
-            "<h2>Status per location</h2>", _schematic_svg(c, vocabulary),
+            "<h2>Status per location</h2>", _schematic_svg(c, data.vocabulary),
             "<table><tr><th>location</th><th>status</th><th>images</th>"
             "<th>highest probability</th><th>last scan</th></tr>"]
     for loc in c.locations:
@@ -257,15 +337,8 @@ def render_report(
         out.append(f"<tr><td>{_e(loc.location)}</td><td>{_state(loc.state)}</td>"
                    f"<td>{loc.images}</td><td>{p}</td><td>{_when(loc.last_scan_at)}</td></tr>")
     out.append("</table><h2>Images</h2>")
-    folder = display_path(c.folder)
-
-    def scrub(text: str) -> str:  # with display "id": no folder name in messages either
-        if display == "folder" or not folder:
-            return text
-        return text.replace(folder, label).replace(_e(folder), _e(label))
-
-    out += [_image_block(item, d, display, max_pixels, scrub) for item, d in images]
-    acks = [(a, item) for item, d in images for a in d.alerts if a.acknowledged_at]
+    out += [_image_block(img) for img in data.images]
+    acks = [(a, img.item) for img in data.images for a in img.detail.alerts if a.acknowledged_at]
     out.append("<h2>Acknowledgements</h2>")
     if acks:
         out.append("<table><tr><th>alert</th><th>kind</th><th>location</th><th>by</th>"
@@ -279,30 +352,48 @@ def render_report(
     out.append("<h2>Case events (audit log)</h2><table><tr><th>#</th><th>time</th>"
                "<th>event</th><th>by</th></tr>")
     out += [f"<tr><td>{e.seq}</td><td>{_when(e.ts)}</td><td>{_e(e.action)}</td>"
-            f"<td>{_e(e.actor)}</td></tr>" for e in detail.events]
+            f"<td>{_e(e.actor)}</td></tr>" for e in data.detail.events]
+    chain = data.chain
     out += ["</table><h2>Audit chain</h2>",
-            f"<p>At {_when(now)} the audit chain held {chain.events} event(s); head "
+            f"<p>At {_when(data.now)} the audit chain held {chain.events} event(s); head "
             f'#{chain.head_seq} <span class="mono">{_e(chain.head_hash)}</span>; '
             f"{'intact' if chain.ok else 'BROKEN at #' + str(chain.first_bad_seq)}. "
             "Keep this head: `marginwatch audit verify` checks the chain still holds it.</p>",
             "</body></html>"]
-    return "\n".join(out), detail
+    return "\n".join(out)
+
+
+def _write(path: Path, write: Callable[[Path], object], where: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        partial.replace(path)  # never a half-written report under the final name
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"{where}: cannot write the report ({exc.strerror})") from exc
 
 
 def write_report(store: Any, case_key: str, out_dir: Path, *, display: str, now: datetime,
-                 vocabulary: list[str] | None = None, max_pixels: int = 30_000 * 30_000) -> Path:
-    """Write ``marginwatch-case-<id8>.html`` into ``out_dir`` (created); its path."""
+                 vocabulary: list[str] | None = None, max_pixels: int = 30_000 * 30_000,
+                 pdf: bool = False) -> list[Path]:
+    """Write ``marginwatch-case-<id8>.html`` (and ``.pdf``) into ``out_dir``; the paths."""
     from marginwatch.engine._cases_config import DEFAULT_LOCATIONS
 
-    text, detail = render_report(store, case_key, display=display,
-                                 vocabulary=list(vocabulary or DEFAULT_LOCATIONS),
-                                 max_pixels=max_pixels, now=now)
-    path = Path(out_dir) / f"marginwatch-case-{detail.case.case_id[:8]}.html"
+    data = gather(store, case_key, display=display,
+                  vocabulary=list(vocabulary or DEFAULT_LOCATIONS), max_pixels=max_pixels, now=now)
+    out_dir = Path(out_dir)
     try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".html.partial")
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)  # never a half-written report under the final name
+        out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{out_dir}: cannot write the report ({exc.strerror})") from exc
-    return path
+        raise ConfigError(f"{out_dir}: cannot create the report folder ({exc.strerror})") from exc
+    html_path = out_dir / f"marginwatch-case-{data.detail.case.case_id[:8]}.html"
+    text = render_report(data)
+    _write(html_path, lambda p: p.write_text(text, encoding="utf-8"), out_dir)
+    paths = [html_path]
+    if pdf:
+        from ._case_pdf import write_pdf
+
+        pdf_path = html_path.with_suffix(".pdf")
+        _write(pdf_path, lambda p: write_pdf(p, data), out_dir)
+        paths.append(pdf_path)
+    return paths

@@ -286,13 +286,15 @@ def case_close_command(
 def case_report_command(
     case: CaseArgument,
     out: Annotated[Path, typer.Option("--out", help="Folder to write the HTML report into.")],
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also write it as a PDF (matplotlib).")]
+    = False,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
     """One self-contained HTML file for the pathology record (research use; read-only)."""
     from marginwatch.daemon._case_cli import case_report
 
-    guarded(case_report, db, config, case, out, echo=typer.echo)
+    guarded(case_report, db, config, case, out, echo=typer.echo, pdf=pdf)
 
 
 # --- ground truth and monitoring (truth import, monitor) -------------------------

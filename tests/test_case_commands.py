@@ -139,8 +139,10 @@ class _Parsed(HTMLParser):
         self.text.append(data)
 
 
-def _report(case_db: Path, out: Path, config: Path | None = None) -> tuple[Path, _Parsed]:
-    done = _cli("report", FOLDER, "--out", str(out), "--db", str(case_db), config=config)
+def _report(case_db: Path, out: Path, config: Path | None = None, *extra: str
+            ) -> tuple[Path, _Parsed]:
+    done = _cli("report", FOLDER, "--out", str(out), "--db", str(case_db), *extra,
+                config=config)
     assert done.returncode == 0, done.stderr
     (path,) = out.glob("*.html")
     assert str(path) in done.stdout
@@ -210,3 +212,14 @@ def test_case_commands_load_no_torch(case_db: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_report_as_pdf_too(case_db: Path, tmp_path: Path) -> None:
+    html_path, _parsed = _report(case_db, tmp_path / "out", None, "--pdf")
+    pdf = html_path.with_suffix(".pdf")
+    body = pdf.read_bytes()
+    assert body.startswith(b"%PDF-") and body.rstrip().endswith(b"%%EOF")
+    assert body.count(b"/Type /Page\n") + body.count(b"/Type /Page ") + body.count(
+        b"/Type /Page>") >= 3  # summary, the images (4 on 2 pages), acknowledgements
+    assert b"research use, not a diagnosis" in body  # the document's subject
+    assert not list((tmp_path / "out").glob("*.partial"))
