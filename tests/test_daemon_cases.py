@@ -1,4 +1,5 @@
-"""End to end: the real daemon on a synthetic case with mixed locations, and bad input.
+"""End to end: the real daemon on a synthetic case with mixed locations, and bad input
+(SQLite, and PostgreSQL when ``MARGINWATCH_TEST_PG_URL`` is set).
 
 A synthetic specimen from ``write_dataset`` (locations in names and sidecars), a case of
 bad sidecars and disagreeing locations, and an image directly in the export root: every
@@ -54,14 +55,14 @@ def _bad_case(watch: Path) -> dict[str, str]:
     return expected
 
 
-def _case(db: Path, key: str) -> dict:
+def _case(db: Path | str, key: str) -> dict:
     done = subprocess.run([MARGINWATCH, "case", "show", key, "--json", "--db", str(db)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def _wait_case(db: Path, key: str, check, timeout: float, daemon: Daemon) -> dict:  # noqa: ANN001
+def _wait_case(db: Path | str, key: str, check, timeout: float, daemon: Daemon) -> dict:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = _case(db, key)
@@ -73,8 +74,9 @@ def _wait_case(db: Path, key: str, check, timeout: float, daemon: Daemon) -> dic
 
 
 @pytest.mark.slow
-def test_daemon_places_a_synthetic_case_and_records_bad_input(tmp_path: Path,
-                                                            model_dir: Path) -> None:
+def test_daemon_places_a_synthetic_case_and_records_bad_input(
+    tmp_path: Path, model_dir: Path, daemon_db: str | None
+) -> None:
     watch, work = tmp_path / "export", tmp_path / "state"
     watch.mkdir()
     work.mkdir()
@@ -82,7 +84,7 @@ def test_daemon_places_a_synthetic_case_and_records_bad_input(tmp_path: Path,
                          seed=3, workers=1)
     synthetic = {r.path for r in rows}
     bad = _bad_case(watch)
-    daemon = Daemon(work, watch, model_dir)
+    daemon = Daemon(work, watch, model_dir, db=daemon_db)
     with daemon.config.open("a") as fh:
         fh.write("\n[cases]\nidle_close_seconds = 3.0\n")
     expected = synthetic | {f"{BAD_CASE}/{n}" for n in [*bad, "scan_8.tif"]} | {"loose_RPL.tif"}
