@@ -521,8 +521,9 @@ def bench_command(
     mosaic_timeout: Annotated[float | None, typer.Option(
         "--mosaic-timeout", min=1, help="Stop the mosaic after this many seconds; report "
         "its rate so far.", show_default=False)] = None,
-    settle: Annotated[float, typer.Option(
-        "--settle-seconds", min=0, help="Daemon settle_seconds.")] = 0.0,
+    settle: Annotated[float | None, typer.Option(
+        "--settle-seconds", min=0,
+        help="Daemon settle_seconds (default: the shipped default).")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch intra-op threads, here and in the daemon/mosaic "
         "subprocesses (default: torch's).", show_default=False)] = None,

@@ -158,6 +158,8 @@ class _Handler(FileSystemEventHandler):
 
     def _rel(self, path: bytes | str) -> str | None:
         text = os.fsdecode(path)
+        if not text:  # the missing side of an unmatched move (from or to outside)
+            return None
         try:
             rel = os.path.relpath(text, self._root)
         except ValueError:
@@ -192,6 +194,22 @@ class _Handler(FileSystemEventHandler):
             self._put("deleted", event.src_path)
 
 
+def _native_observer() -> BaseObserver:
+    """inotify reporting unmatched moves as moves, else the platform's observer.
+
+    A file renamed into the folder from outside it (the scanner's staging folder) is an
+    ``IN_MOVED_TO`` without its ``IN_MOVED_FROM``; the default emitter reports that as a
+    *creation*, which says nothing about the writer being done. With full events it is a
+    move (from nowhere), so it is a ``moved_in`` sighting and ready by format at once.
+    """
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+
+        return InotifyObserver(generate_full_events=True)
+    except (ImportError, OSError):  # not Linux, or inotify unavailable
+        return Observer()
+
+
 class FolderObserver:
     """Watch ``root`` recursively and put :class:`Sighting` values on ``sink``.
 
@@ -218,7 +236,7 @@ class FolderObserver:
         self._handler = _Handler(self.root, path_filter, sink)
         self._observer: BaseObserver | None
         if kind == "inotify":
-            self._observer = Observer()
+            self._observer = _native_observer()
         elif kind == "polling":
             self._observer = PollingObserverVFS(
                 stat, listdir, polling_interval=poll_interval_seconds

@@ -50,6 +50,9 @@ def test_bench_quick_writes_all_five_sections(tmp_path, tiny_model_dir):  # noqa
     assert daemon["states"] == {"done": 4}
     assert daemon["series"]["observed"]["n"] == 2 and daemon["burst"]["images_per_second"] > 0
     assert daemon["series"]["observed"]["median"] >= daemon["series"]["stamped"]["median"] > 0
+    assert daemon["settings"]["settle_seconds"] is None  # the shipped defaults, no override
+    shown = daemon["series"]["commit_to_dashboard"]  # the real dashboard loop drew each one
+    assert shown["n"] == 2 and shown["median"] > 0 and daemon["dashboard_frames"] >= 2
     gradcam = report["gradcam"]
     assert gradcam["tiles"] >= 1 and -1.0 <= gradcam["correlation"]["median"] <= 1.0
     mosaic = report["mosaic"]
@@ -57,7 +60,7 @@ def test_bench_quick_writes_all_five_sections(tmp_path, tiny_model_dir):  # noqa
     machine = report["machine"]
     assert machine["cpu_cores"] >= 1 and len(machine["loadavg_start"]) == 3 and machine["torch"]
     statuses = {t["name"]: t["status"] for t in report["targets"]}
-    assert len(statuses) == 6
+    assert len(statuses) == 9
     assert set(statuses.values()) <= {"pass", "miss", "n/a", "not measured"}
     assert "targets" in done.stdout and "load average" in done.stdout
 

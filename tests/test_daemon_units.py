@@ -208,6 +208,7 @@ def test_observer_reports_new_case_folders_and_renames(tmp_path, path_filter, ki
     assert not any(r.endswith(".part") for _, r in seen)
     if kind == "inotify":
         assert ("moved_in", "case9/a.tif") in seen
+        assert ("moved_in", "case9/b.tif") in seen  # renamed in from outside: a move, too
 
 
 def _wait(predicate, seconds: float) -> bool:  # noqa: ANN001

@@ -11,12 +11,16 @@ after the rename returns. Two commit times are read per file, both on that clock
   one), written by the store inside the one finishing transaction, just before it
   commits: a lower bound.
 
+And one screen time: ``dashboard``, when the dashboard's real live loop (in a thread
+here, :mod:`._bench_dashboard`) first drew a frame showing the image's final state;
+commit -> dashboard is that minus ``stamped`` (so an upper bound).
+
 Prediction and alert are written in one transaction, so they commit at the same instant.
-The daemon runs with the settings below (``settle_seconds`` 0 and a short poll interval
-unless told otherwise): the defaults (2 s settle, 1 s poll) add a deliberate wait that
-is not processing overhead. Phases: warm-up files (not counted); a latency series (one
-file at a time, each after the previous one is committed: an idle daemon); a burst (all
-renamed at once: sustained images/s = files / (last commit - first rename)).
+The daemon runs with the shipped defaults (readiness by format, ``settle_seconds`` 0,
+1 s polls, ``max_batch_wait_ms`` 50, one worker) unless a setting is given. Phases:
+warm-up files (not counted); a latency series (one file at a time, each after the
+previous one is committed: an idle daemon); a burst (all renamed at once: sustained
+images/s = files / (last commit - first rename)).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import tomli_w
 
+from ._bench_dashboard import DashboardProbe
 from ._bench_stats import summarise
 
 __all__ = ["DaemonRun", "marginwatch_command", "run_daemon_case"]
@@ -69,8 +74,9 @@ class DaemonRun:
     """One daemon subprocess and the files fed to it; use as a context manager."""
 
     def __init__(self, root: Path, model_dir: Path, *, device: str, precision: str,
-                 settle_seconds: float, poll_interval_seconds: float, max_batch_wait_ms: float,
-                 workers: int, poll_db_seconds: float, timeout_seconds: float) -> None:
+                 settle_seconds: float | None, poll_interval_seconds: float | None,
+                 max_batch_wait_ms: float | None, workers: int | None, poll_db_seconds: float,
+                 timeout_seconds: float, dashboard: bool = True) -> None:
         self.root = root
         self.watch = root / "watch"
         self.case = self.watch / "case"
@@ -91,6 +97,8 @@ class DaemonRun:
         }
         self.renamed: dict[str, float] = {}
         self.observed: dict[str, float] = {}
+        self.dashboard: DashboardProbe | None = None
+        self._with_dashboard = dashboard
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._db: sqlite3.Connection | None = None
@@ -100,8 +108,9 @@ class DaemonRun:
 
     def _config_text(self) -> str:
         s = self.settings
+        # None: the shipped default (not written, so the daemon's own default applies)
         daemon = {key: s[key] for key in ("observer", "settle_seconds", "poll_interval_seconds",
-                                          "max_batch_wait_ms", "workers")}
+                                          "max_batch_wait_ms", "workers") if s[key] is not None}
         return tomli_w.dumps({
             "engine": {"backend": s["backend"], "precision": s["precision"]},
             "daemon": {**daemon, "rescan_seconds": 3600, "heartbeat_seconds": 2,
@@ -129,12 +138,16 @@ class DaemonRun:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"marginwatch run not ready after {self.timeout_seconds}s")
             time.sleep(0.05)
+        if self._with_dashboard:
+            self.dashboard = DashboardProbe(self.db_path).start()
 
     def _tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-2000:]
 
     def stop(self) -> int | None:
         code = None
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
@@ -216,8 +229,11 @@ class DaemonRun:
             state = rows[rel][1] if rel in rows else "missing"
             states[state] = states.get(state, 0) + 1
 
+        visible = self.dashboard.visible if self.dashboard is not None else {}
+
         def latencies(paths: list[str]) -> dict[str, Any]:
             observed, stamped, own, overhead_own = [], [], [], []
+            shown, shown_after_observed = [], []
             for rel in paths:
                 row = rows.get(rel)
                 if row is None or row[1] != "done":
@@ -226,6 +242,9 @@ class DaemonRun:
                 stamp = _utc_seconds(row[2])
                 if stamp is not None:
                     stamped.append(stamp - self.renamed[rel])
+                    if rel in visible:  # commit (stamped: its lower bound) -> on screen
+                        shown.append(visible[rel] - stamp)
+                        shown_after_observed.append(visible[rel] - self.observed[rel])
                 timings = json.loads(row[3] or "{}")
                 floor = sum(timings.get(k, 0.0) for k in ("read", "preprocess", "infer"))
                 own.append(floor)
@@ -233,7 +252,9 @@ class DaemonRun:
                     overhead_own.append((self.observed[rel] - self.renamed[rel]) / floor)
             return {"observed": summarise(observed), "stamped": summarise(stamped),
                     "daemon_read_preprocess_infer": summarise(own),
-                    "overhead_vs_own_stages": summarise(overhead_own)}
+                    "overhead_vs_own_stages": summarise(overhead_own),
+                    "commit_to_dashboard": summarise(shown),
+                    "observed_to_dashboard": summarise(shown_after_observed)}
 
         out: dict[str, Any] = {
             "settings": self.settings,
@@ -243,6 +264,7 @@ class DaemonRun:
             "series": latencies(series),
             "burst": latencies(burst),
             "daemon_peak_rss_mib": None if self.rss_peak_kib is None else self.rss_peak_kib / 1024,
+            "dashboard_frames": self.dashboard.frames if self.dashboard is not None else None,
         }
         done_burst = [rel for rel in burst if rel in self.observed]
         if done_burst:

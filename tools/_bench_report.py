@@ -37,6 +37,11 @@ def _target(name: str, value: float | None, goal: float, op: str, unit: str, *,
             "status": status, "note": why_not if status in ("n/a", "not measured") else note}
 
 
+def _settle(report: dict[str, Any]) -> str:
+    value = _get(report, "daemon", "settings", "settle_seconds")
+    return "shipped default" if value is None else str(value)
+
+
 def targets(report: dict[str, Any], device: str, *, quick: bool, gb: float) -> list[dict[str, Any]]:
     cpu = device == "cpu"
     out = []
@@ -46,7 +51,23 @@ def targets(report: dict[str, Any], device: str, *, quick: bool, gb: float) -> l
     out.append(_target(
         "daemon overhead e2e/(read+prep+fwd)", overhead, 1.3, "<=", "x",
         applies=cpu, why_not="CPU target" if not cpu else _why_missing(report, "daemon"),
-        note=f"settle_seconds={_get(report, 'daemon', 'settings', 'settle_seconds')}"))
+        note=f"settle_seconds={_settle(report)}"))
+    # issue 15: against the daemon's own stages, on screen, and under a burst
+    own = _get(report, "daemon", "series", "daemon_read_preprocess_infer", "median")
+    out.append(_target(
+        "e2e / daemon's own read+prep+infer", e2e / own if e2e is not None and own else None,
+        1.3, "<=", "x", applies=cpu, why_not="CPU target" if not cpu else _why_missing(
+            report, "daemon"), note=f"p50s; settle_seconds={_settle(report)}"))
+    out.append(_target(
+        "commit -> dashboard p50 (s)", _get(report, "daemon", "series", "commit_to_dashboard",
+                                            "median"),
+        0.2, "<=", " s", why_not=_why_missing(report, "daemon"), note="series"))
+    burst = _get(report, "daemon", "burst", "images_per_second")
+    total = _get(report, "assess", "total", "mean")
+    out.append(_target(
+        "burst / standalone assess images/s", burst * total if burst and total else None,
+        0.9, ">=", "x", why_not=_why_missing(report, "daemon"),
+        note=f"assess {1 / total:.2f}/s" if total else ""))
     out.append(_target("CAM / forward",
                        _get(report, "gradcam", "cam_fraction_of_forward", "median"), 0.05, "<=",
                        "", why_not=_why_missing(report, "gradcam")))
@@ -117,7 +138,8 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         t.add_column(col)
     for phase in ("series", "burst"):
         for kind, label in (("observed", "observed"), ("stamped", "stamped"),
-                            ("daemon_read_preprocess_infer", "own read+prep+infer")):
+                            ("daemon_read_preprocess_infer", "own read+prep+infer"),
+                            ("commit_to_dashboard", "commit -> dashboard")):
             s = _get(d, phase, kind)
             if s:
                 t.add_row(f"{phase}: {label}", str(s["n"]), _ms(s["median"]), _ms(s["p95"]))

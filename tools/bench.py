@@ -64,8 +64,8 @@ class BenchOptions:
     mosaic_timeout_seconds: float | None = None  # stop the mosaic child; report what it did
     mosaic_px: int | None = None
     mosaic_rss_cap_mib: float = 8192.0
-    settle_seconds: float = 0.0
-    poll_interval_seconds: float = 0.05
+    settle_seconds: float | None = None  # None: the daemon's shipped defaults
+    poll_interval_seconds: float | None = None
     cache_dir: Path | None = None
     quick_input_px: int = 224
     threads: int | None = None  # torch intra-op threads here and in the subprocesses
@@ -276,8 +276,8 @@ def run_bench(options: BenchOptions, *, console: Any = None) -> dict[str, Any]:
                 series=plan.daemon_series, burst=plan.daemon_burst, gap_seconds=0.05,
                 device=options.device, precision=precision,
                 settle_seconds=options.settle_seconds,
-                poll_interval_seconds=options.poll_interval_seconds, max_batch_wait_ms=50.0,
-                workers=1, poll_db_seconds=0.005, timeout_seconds=plan.timeout_seconds)
+                poll_interval_seconds=options.poll_interval_seconds, max_batch_wait_ms=None,
+                workers=None, poll_db_seconds=0.005, timeout_seconds=plan.timeout_seconds)
 
         _section("daemon", options, report, daemon)
 
