@@ -48,6 +48,7 @@ LIST_COLUMNS = (
     "error_message",
     "finished_at",
     "rel_path",
+    "previous_image_id",
 )
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -169,6 +170,9 @@ def _write_rows(rows: Iterable[Any], fmt: str, out: IO[str]) -> None:
         for row in rows:
             data = _row_dict(row)
             data["image_id"] = str(data["image_id"])[:8]
+            if data["previous_image_id"]:  # a new version of a file seen before
+                earlier = str(data["previous_image_id"])[:8]
+                data["rel_path"] = f"{data['rel_path']} (new version of {earlier})"
             table.add_row(*(str(_cell(data[name])) for name in shown))
         Console(file=out, width=160 if not out.isatty() else None).print(table)
 
@@ -239,6 +243,8 @@ def _format_detail(d: Any, cam: Path | None) -> str:
     w(f"  size / mtime  {d.size} bytes, mtime_ns {d.mtime_ns}\n")
     w(f"  sha256        {r.sha256 or '-'}\n")
     w(f"  first seen    {_cell(r.first_seen)}\n")
+    if r.previous_image_id is not None:  # a changed file: this is a new version
+        w(f"  version of    image {r.previous_image_id} (the same file before it changed)\n")
     w(f"  state         {r.state} (attempts {r.attempts})\n")
     if r.error_class:
         w(f"  error         {r.error_class}: {r.error_message}\n")

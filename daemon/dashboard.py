@@ -51,6 +51,7 @@ THROUGHPUT_WINDOW = timedelta(minutes=10)
 MAX_ALERT_ROWS = 12
 RECENT_ROWS_FETCHED = 40
 RESEARCH = "research use, not a diagnosis"
+NEW_VERSION = " \u21bb new version"  # beside an image that replaced an earlier version
 MIN_FRAME_SECONDS = 0.02  # after a change: at most ~50 frames/s during a burst of commits
 #: what the header shows about the daemon, as the daemon writes it in its heartbeat details
 DAEMON_KEYS = ("model_digest", "architecture", "synthetic_demo", "backend", "device", "precision")
@@ -415,9 +416,10 @@ def _recent(shot: Snapshot, width: int, rows: int) -> RenderableType:
         when = row.finished_at or row.first_seen
         latency = _latency(row)
         stamp = _clock_time(when, shot.now)
+        mark = NEW_VERSION if row.previous_image_id else ""  # a changed file, linked
         table.add_row(
             stamp if seconds else stamp[:5],
-            _label(row.rel_path, label_width, _display(shot)),
+            _label(row.rel_path, max(6, label_width - len(mark)), _display(shot)) + mark,
             "" if row.probability is None else f"{row.probability:.2f}",
             _decision(row),
             "" if latency is None else f"{latency:.1f}s",

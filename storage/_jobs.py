@@ -73,8 +73,15 @@ def discover(
     )
     if seen is not None:
         return None
+    previous = session.scalar(  # the latest earlier version of this file, if any
+        select(Image.id)
+        .where(Image.root_key == root_key, Image.rel_path == rel_path)
+        .order_by(Image.first_seen.desc(), Image.id.desc())
+        .limit(1)
+    )
     image = Image(
-        root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now
+        root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now,
+        previous_id=previous,
     )
     session.add(image)
     session.flush()
@@ -84,6 +91,8 @@ def discover(
     payload: dict[str, object] = {
         "job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns
     }
+    if previous is not None:  # a new version of a file seen before: linked, in the chain
+        payload["previous_image_id"] = previous
     if placement is not None:
         payload["case_id"] = _cases.place(session, image, placement, actor, now)
         payload["location"] = placement.location

@@ -185,6 +185,7 @@ def image_rows(
                 error_class=job.error_class,
                 error_message=job.error_message,
                 finished_at=job.finished_at,
+                previous_image_id=image.previous_id,
             )
         )
     return out

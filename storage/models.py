@@ -166,6 +166,9 @@ class Image(Base):
     location: Mapped[str | None] = mapped_column(String(60))
     location_source: Mapped[str | None] = mapped_column(String(20))
     location_issue: Mapped[str | None] = mapped_column(Text)
+    # The earlier version of the same file (same root and path, other size/mtime): a
+    # changed file is a new version linked to the one before, never a silent replacement.
+    previous_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), index=True)
 
 
 class Job(Base):

@@ -230,6 +230,7 @@ class ImageRow:
     error_class: str | None
     error_message: str | None
     finished_at: datetime | None
+    previous_image_id: str | None = None  # the earlier version of the same file, if any
 
 
 @dataclass(frozen=True)

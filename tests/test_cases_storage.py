@@ -212,7 +212,9 @@ def test_readonly_store_reads_cases(store, db_url):
 def _rows(conn, table):
     columns = [c["name"] for c in inspect(conn).get_columns(table)]
     if table == "images":
-        columns = [c for c in columns if not c.startswith("location") and c != "case_id"]
+        # columns later migrations add (0002 cases, 0005 versions: every path here is new)
+        columns = [c for c in columns
+                   if not c.startswith("location") and c not in ("case_id", "previous_id")]
     order = ", ".join(columns)
     rows = conn.execute(text(f"SELECT {order} FROM {table} ORDER BY {columns[0]}")).all()
     return [tuple(r) for r in rows]

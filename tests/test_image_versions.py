@@ -1,0 +1,113 @@
+"""A file whose content changes after it was assessed is a new version, linked and visible.
+
+Store level (SQLite and PostgreSQL): a second version of the same path is linked to the
+latest earlier one, in the row and in the audit chain. End to end: a real daemon at
+its shipped readiness defaults assesses a file, a writer process replaces it with new
+content (temp name + rename, as scanners do), and the new version is assessed on its
+own, linked to the first, and shown as such by ``marginwatch audit show``/``list`` and
+``marginwatch dashboard --once``; the first version's result stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_support import MARGINWATCH, Daemon, image_bytes, query, wait_for
+from marginwatch.storage import Store
+from marginwatch.storage.testing import backend_params, database_url
+
+
+@pytest.fixture(params=backend_params())
+def store(request, tmp_path):  # noqa: ANN001, ANN201
+    with database_url(request.param, tmp_path) as url, Store.open(url, upgrade=True) as s:
+        yield s
+
+
+def test_a_changed_file_is_a_new_version_linked_to_the_last(store: Store) -> None:
+    first = store.record_discovery("export", "case/a.tif", 100, 1, "daemon")
+    other = store.record_discovery("export", "case/b.tif", 100, 1, "daemon")
+    second = store.record_discovery("export", "case/a.tif", 120, 2, "daemon")
+    third = store.record_discovery("export", "case/a.tif", 90, 3, "daemon")
+    assert store.record_discovery("export", "case/a.tif", 90, 3, "daemon") is None  # seen
+    rows = {r.image_id: r for r in store.list_images()}
+    assert rows[first.image_id].previous_image_id is None
+    assert rows[other.image_id].previous_image_id is None  # another file, not a version
+    assert rows[second.image_id].previous_image_id == first.image_id
+    assert rows[third.image_id].previous_image_id == second.image_id  # a chain, in order
+    (event,) = [e for e in store.audit_events(third.image_id) if e.action == "image.discovered"]
+    assert event.payload["previous_image_id"] == second.image_id  # in the hash chain
+    assert store.verify_audit().ok
+
+
+def test_the_migration_links_versions_recorded_before_it(store: Store) -> None:
+    from marginwatch.storage import schema
+
+    first = store.record_discovery("export", "case/a.tif", 100, 1, "daemon")
+    second = store.record_discovery("export", "case/a.tif", 120, 2, "daemon")
+    with schema.migrating(store._engine) as conn:
+        schema.downgrade(conn, "0004")  # before versions were linked
+    store.upgrade()
+    rows = {r.image_id: r.previous_image_id for r in store.list_images()}
+    assert rows == {first.image_id: None, second.image_id: first.image_id}
+
+
+REPLACE = r"""
+import os, sys
+data = open(sys.argv[1], "rb").read()
+with open(sys.argv[2] + ".part", "wb") as fh:  # a temporary name the daemon ignores
+    fh.write(data)
+os.replace(sys.argv[2] + ".part", sys.argv[2])  # then renamed over the assessed file
+"""
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MARGINWATCH, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "160"})
+
+
+@pytest.mark.slow
+def test_daemon_assesses_a_replaced_file_as_a_linked_new_version(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    watch = tmp_path / "export"
+    (watch / "case").mkdir(parents=True)
+    work = tmp_path / "state"
+    work.mkdir()
+    daemon = Daemon(work, watch, tiny_model_dir,
+                    daemon={"settle_seconds": 0.0, "poll_interval_seconds": 1.0})
+    target = watch / "case" / "a.tif"
+    new_content = tmp_path / "new.tif"
+    new_content.write_bytes(image_bytes(22, side=160))
+    with daemon:
+        daemon.start().wait_ready()
+        target.write_bytes(image_bytes(21, side=160))
+        wait_for(daemon.db, lambda cur: [v[0] for v in cur.get("case/a.tif", [])] == ["done"],
+                 60, daemon)
+        subprocess.run([sys.executable, "-c", REPLACE, str(new_content), str(target)],
+                       check=True, timeout=60)
+        final = wait_for(daemon.db, lambda cur: [v[0] for v in cur.get("case/a.tif", [])] == [
+            "done", "done"], 60, daemon)
+        assert daemon.stop() == 0
+    assert [v[0] for v in final["case/a.tif"]] == ["done", "done"]
+    (v1, p1, sha1, prev1), (v2, p2, sha2, prev2) = query(
+        daemon.db, "SELECT i.id, j.prediction_id, i.sha256, i.previous_id FROM images AS i "
+        "JOIN jobs AS j ON j.image_id = i.id ORDER BY j.id")
+    assert prev1 is None and prev2 == v1  # linked, not silently replaced
+    assert p1 != p2 and sha1 != sha2  # assessed again, the first result kept
+    db = f"sqlite:///{daemon.db}"
+    shown = _cli("audit", "show", v2, "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    assert f"version of    image {v1}" in shown.stdout
+    listed = _cli("audit", "list", "--db", db, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    links = {row["image_id"]: row["previous_image_id"] for row in json.loads(listed.stdout)}
+    assert links == {v1: None, v2: v1}
+    screen = _cli("dashboard", "--once", "--db", db, "--width", "120", "--height", "40")
+    assert screen.returncode == 0, screen.stderr
+    assert "new version" in screen.stdout
+    assert "a.tif" not in daemon.log()  # ids only in the log
