@@ -9,7 +9,7 @@ starts without torch.
 
 from __future__ import annotations
 
-from marginwatch.engine._exports import lazy_exports
+from marginwatch.engine import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "FolderObserver": "observer",

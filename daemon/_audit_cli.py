@@ -402,7 +402,7 @@ def db_upgrade(db: str | None, config: Path | None) -> None:
 
 
 def _exists(url: str) -> bool:
-    from marginwatch.storage._engine import parse_target
+    from marginwatch.storage import parse_target
 
     target = parse_target(url)
     return target.sqlite_path is None or target.sqlite_path.exists()

@@ -630,7 +630,7 @@ def train(
 ) -> None:
     """Train a margin model (focal loss, label smoothing, weighted sampling; research use)."""
     from marginwatch.engine.config import load_config
-    from marginwatch.tools._options import TrainOptions, preflight
+    from marginwatch.tools import TrainOptions, preflight
 
     def _run() -> None:
         options = TrainOptions(

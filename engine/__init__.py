@@ -13,6 +13,7 @@ _EXPORTS: dict[str, str] = {
     "Config": "config",
     "load_config": "config",
     "MarginwatchError": "errors",
+    "lazy_exports": "_exports",  # public: daemon and tools build their surfaces with it
     "ARCHITECTURES": "card",
     "DeviceProfile": "card",
     "ModelCard": "card",

@@ -10,6 +10,7 @@ the state directory), PostgreSQL by URL. Imports no torch.
 
 from __future__ import annotations
 
+from ._engine import Target, parse_target
 from .audit import AuditAnchor
 from .records import (
     AlertDetail,
@@ -63,7 +64,9 @@ __all__ = [
     "MonitorRow",
     "Placement",
     "Store",
+    "Target",
     "TileRecord",
     "TruthEntry",
     "TruthImport",
+    "parse_target",
 ]

@@ -8,14 +8,15 @@ importing one tool does not load the others (or torch, for the metrics).
 
 from __future__ import annotations
 
-from marginwatch.engine._exports import lazy_exports
+from marginwatch.engine import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "SynthImage": "synth",
     "generate_image": "synth",
     "write_dataset": "synth",
     "write_image": "synth",
-    "TrainOptions": "train",
+    "TrainOptions": "_options",  # no torch: the CLI checks options before loading it
+    "preflight": "_options",
     "train": "train",
     "evaluate": "evaluate",
     "run_export": "export",
