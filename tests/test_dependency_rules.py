@@ -164,6 +164,8 @@ REMAINING_PRIVATE_IMPORTS = [
     "marginwatch.daemon._scanner imports marginwatch.tools._synth_cases.write_sidecar",
     "marginwatch.daemon.locations imports marginwatch.engine._cases_config.CasesConfig",
     "marginwatch.daemon.locations imports marginwatch.engine._cases_config.UNSPECIFIED",
+    # the dashboard benchmark (issue 15) drives the dashboard's private live loop
+    "marginwatch.tools._bench_dashboard imports marginwatch.daemon.dashboard._live_loop",
 ]
 
 
