@@ -3,18 +3,21 @@
 A row names one image and its final margin status:
 
 - key: ``path`` (relative to the export root, POSIX separators), ``sha256`` (the
-  image's content SHA-256), or ``image`` (either: 64 hex digits are a SHA-256);
+  image's content SHA-256), or ``image`` (either: 64 hex digits are a SHA-256); or
+  ``case`` (the case folder) + ``location`` (a margin location of the configured
+  vocabulary, or one of its abbreviations), which names every image of that location;
 - ``status``: ``tumour`` (tumour at the margin) or ``clear`` (no tumour at the margin);
   a training manifest's ``label`` column (``tumour``/``benign``, as ``marginwatch
   synth`` writes) is accepted instead;
 - optional ``reported_by``, ``report_date`` (YYYY-MM-DD) and ``note``.
 
 The other columns of a manifest (``patient_id``, ``centre``, ``kind``, ``profile``,
-``um_per_px``) and ``case``/``location`` are accepted and not used; any other column
-is refused. Every row is checked first, keys included (a key must match a recorded
-image; a key twice in one file is refused): one line per bad row naming the file,
-the line, the field, the value and what was expected. Nothing is written unless every
-row is good, or with ``--skip-bad`` (the good rows are written, the rest reported).
+``um_per_px``) are accepted and not used (so are ``case``/``location`` on a row keyed
+by path or SHA-256); any other column is refused. Every row is checked first, keys
+included (a key must match a recorded image; a key twice in one file is refused): one
+line per bad row naming the file, the line, the field, the value and what was
+expected. Nothing is written unless every row is good, or with ``--skip-bad`` (the
+good rows are written, the rest reported).
 Writing goes through :meth:`Store.import_truth` (audited; a changed status is a
 correction with both values in the audit trail). Re-importing a file changes nothing
 and says so.
@@ -37,11 +40,12 @@ from marginwatch.engine.errors import ConfigError, ManifestError
 __all__ = ["TruthFile", "TruthProblem", "read_truth_file", "truth_import"]
 
 KEY_COLUMNS = ("path", "sha256", "image")
+PAIR_COLUMNS = ("case", "location")  # together, a key naming a margin location's images
 STATUS_COLUMNS = ("status", "label")
 DETAIL_COLUMNS = ("reported_by", "report_date", "note")
-#: accepted and not used: the rest of a training manifest, and case/location
-IGNORED_COLUMNS = ("patient_id", "centre", "kind", "profile", "um_per_px", "case", "location")
-KNOWN_COLUMNS = KEY_COLUMNS + STATUS_COLUMNS + DETAIL_COLUMNS + IGNORED_COLUMNS
+#: accepted and not used: the rest of a training manifest
+IGNORED_COLUMNS = ("patient_id", "centre", "kind", "profile", "um_per_px")
+KNOWN_COLUMNS = KEY_COLUMNS + PAIR_COLUMNS + STATUS_COLUMNS + DETAIL_COLUMNS + IGNORED_COLUMNS
 
 TUMOUR = frozenset({"tumour", "tumor", "tumour at margin", "tumor at margin", "positive", "1"})
 CLEAR = frozenset({"clear", "no tumour at margin", "no tumor at margin", "negative", "0"})
@@ -67,8 +71,8 @@ class TruthProblem:
 @dataclass
 class _Row:
     line: int
-    key_field: str  # "path" | "sha256"
-    key: str
+    key_field: str  # "path" | "sha256" | "case+location"
+    key: str  # for case+location: "<case>\x00<location>"
     status: str
     reported_by: str | None
     report_date: date | None
@@ -117,8 +121,11 @@ def _read_text(path: Path) -> bytes:
         raise ManifestError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
-def read_truth_file(path: Path) -> TruthFile:
-    """Parse and check every row's syntax; header problems raise ManifestError."""
+def read_truth_file(path: Path, rules: Any = None) -> TruthFile:
+    """Parse and check every row's syntax; header problems raise ManifestError.
+
+    ``rules`` (daemon.locations.LocationRules) canonicalises case + location keys.
+    """
     raw = _read_text(path)
     try:
         text = raw.decode("utf-8-sig")
@@ -138,10 +145,11 @@ def read_truth_file(path: Path) -> TruthFile:
         twice = next(h for h in header if header.count(h) > 1)
         raise ManifestError(f"{path}:1: column {twice!r} appears twice")
     keys = [h for h in KEY_COLUMNS if h in header]
+    pair = all(h in header for h in PAIR_COLUMNS)
     statuses = [h for h in STATUS_COLUMNS if h in header]
-    if not keys:
-        raise ManifestError(f"{path}:1: no key column; expected one of {', '.join(KEY_COLUMNS)} "
-                            "(case + location keys are not supported in this version)")
+    if not keys and not pair:
+        raise ManifestError(f"{path}:1: no key column; expected one of {', '.join(KEY_COLUMNS)}, "
+                            "or case and location together")
     if len(statuses) != 1:
         raise ManifestError(f"{path}:1: expected exactly one of the columns status or label; "
                             f"found {', '.join(statuses) or 'neither'}")
@@ -151,21 +159,43 @@ def read_truth_file(path: Path) -> TruthFile:
             out.problems.append(TruthProblem(line_no, "(row)", ",".join(record[None]),
                                              f"expected {len(header)} columns"))
             continue
-        row = _parse_row(line_no, record, keys, statuses[0], out.problems)
+        row = _parse_row(line_no, record, keys, pair, statuses[0], out.problems, rules)
         if row is not None:
             out.rows.append(row)
     return out
 
 
+def _pair_key(line: int, cells: dict[str, str], rules: Any,
+              problems: list[TruthProblem]) -> str:
+    case, said = cells.get("case", ""), cells.get("location", "")
+    if not case or not said:
+        missing = "case" if not case else "location"
+        problems.append(TruthProblem(line, missing, "", "expected an image path or SHA-256, "
+                                     "or both case and location (missing key)"))
+        return ""
+    if rules is None:
+        from marginwatch.daemon.locations import LocationRules
+
+        rules = LocationRules.from_config()
+    location = rules.canonical(said)
+    if location is None:
+        problems.append(TruthProblem(line, "location", said, "unknown location; expected one "
+                                     f"of {', '.join(rules.vocabulary)} or an abbreviation"))
+        return ""
+    return f"{case}\x00{location}"
+
+
 def _parse_row(
-    line: int, record: dict[str, Any], keys: list[str], status_column: str,
-    problems: list[TruthProblem],
+    line: int, record: dict[str, Any], keys: list[str], pair: bool, status_column: str,
+    problems: list[TruthProblem], rules: Any = None,
 ) -> _Row | None:
     cells = {k: (v or "").strip() for k, v in record.items()}
     given = [k for k in keys if cells.get(k)]
     before = len(problems)
     key_field, key = "", ""
-    if not given:
+    if not given and pair:
+        key_field, key = "case+location", _pair_key(line, cells, rules, problems)
+    elif not given:
         problems.append(TruthProblem(line, keys[0], "", "expected an image path relative to "
                                      "the export root or its content SHA-256 (missing key)"))
     elif len(given) > 1:
@@ -207,41 +237,46 @@ def _resolve(parsed: TruthFile, store: Any) -> list[Any]:
     """TruthEntry per good row; key problems appended to ``parsed.problems``."""
     from marginwatch.storage import TruthEntry
 
-    by_path, by_sha = store.images_for_keys(
+    by_path, by_sha, by_pair = store.images_for_keys(
         paths=[r.key for r in parsed.rows if r.key_field == "path"],
         sha256s=[r.key for r in parsed.rows if r.key_field == "sha256"],
+        case_locations=[tuple(r.key.split("\x00")) for r in parsed.rows
+                        if r.key_field == "case+location"],
     )
+    found: dict[str, Any] = {"path": by_path, "sha256": by_sha,
+                             "case+location": {"\x00".join(k): v for k, v in by_pair.items()}}
     entries = []
     seen_key: dict[tuple[str, str], int] = {}
     seen_image: dict[str, int] = {}
     for row in parsed.rows:
-        column = "sha256" if row.key_field == "sha256" else "path"
+        column = "case+location" if row.key_field == "case+location" else row.key_field
+        shown = row.key.replace("\x00", " + ")
         earlier = seen_key.get((row.key_field, row.key))
         if earlier is not None:
-            parsed.problems.append(TruthProblem(row.line, column, row.key,
+            parsed.problems.append(TruthProblem(row.line, column, shown,
                                                 f"duplicate key; line {earlier} has it already"))
             continue
         seen_key[(row.key_field, row.key)] = row.line
-        images = (by_sha if row.key_field == "sha256" else by_path).get(row.key, [])
+        images = found[row.key_field].get(row.key, [])
         if not images:
-            parsed.problems.append(TruthProblem(row.line, column, row.key,
+            parsed.problems.append(TruthProblem(row.line, column, shown,
                                                 "matches no image in the database"))
             continue
         roots = sorted({i.root_key for i in images})
-        if row.key_field == "path" and len(roots) > 1:
+        if row.key_field != "sha256" and len(roots) > 1:
             parsed.problems.append(TruthProblem(
-                row.line, column, row.key,
+                row.line, column, shown,
                 f"matches images in {len(roots)} export roots; give the content SHA-256"))
             continue
         clash = next((seen_image[i.image_id] for i in images if i.image_id in seen_image), None)
         if clash is not None:
-            parsed.problems.append(TruthProblem(row.line, column, row.key,
+            parsed.problems.append(TruthProblem(row.line, column, shown,
                                                 f"duplicate: the same image as line {clash}"))
             continue
         for i in images:
             seen_image[i.image_id] = row.line
         entries.append(TruthEntry(
-            line=row.line, key=row.key, image_ids=tuple(sorted(i.image_id for i in images)),
+            line=row.line, key=shown, image_ids=tuple(sorted(i.image_id for i in images)),
             status=row.status, reported_by=row.reported_by, report_date=row.report_date,
             note=row.note,
         ))
@@ -260,13 +295,14 @@ def truth_import(
     err: Callable[[str], Any] = print,
 ) -> int:
     """The command: 0 written (or nothing to change), 2 bad rows and nothing written."""
+    from marginwatch.daemon.locations import LocationRules
     from marginwatch.engine.config import load_config
     from marginwatch.storage import Store
 
     if not by.strip():
         raise ConfigError("--by must name who imports the ground truth")
-    parsed = read_truth_file(file)
     config = load_config(config_path)
+    parsed = read_truth_file(file, LocationRules.from_config(config.cases))
     url = db or config.daemon.resolved_db_url()
     with Store.open(url, busy_timeout_seconds=config.daemon.db_busy_timeout_seconds) as store:
         entries = _resolve(parsed, store)

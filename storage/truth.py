@@ -27,7 +27,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import audit
-from .models import ALARM_KINDS, TRUTH_STATUSES, GroundTruth, Image, Job, MonitorAlarm, Prediction
+from .models import (
+    ALARM_KINDS,
+    TRUTH_STATUSES,
+    Case,
+    GroundTruth,
+    Image,
+    Job,
+    MonitorAlarm,
+    Prediction,
+)
 from .models import PredictionSummary as Summary
 from .records import ImageKey, MonitorAlarmView, MonitorRow, TruthEntry, TruthImport
 
@@ -35,6 +44,7 @@ __all__ = [
     "acknowledge_alarm",
     "alarm_view",
     "alarms",
+    "images_by_case_location",
     "images_by_path",
     "images_by_sha256",
     "import_truth",
@@ -73,6 +83,25 @@ def images_by_sha256(session: Session, digests: Iterable[str]) -> dict[str, list
         )
         for image_id, root_key, rel_path, sha in rows:
             found.setdefault(sha, []).append(ImageKey(image_id, root_key, rel_path))
+    return found
+
+
+def images_by_case_location(
+    session: Session, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], list[ImageKey]]:
+    """Every recorded image per (case folder, canonical margin location)."""
+    found: dict[tuple[str, str], list[ImageKey]] = {}
+    wanted = sorted(set(pairs))
+    for folder in sorted({f for f, _ in wanted}):
+        locations = [loc for f, loc in wanted if f == folder]
+        rows = session.execute(
+            select(Image.id, Image.root_key, Image.rel_path, Image.location)
+            .join(Case, Case.id == Image.case_id)
+            .where(Case.folder == folder, Image.location.in_(locations))
+        )
+        for image_id, root_key, rel_path, location in rows:
+            found.setdefault((folder, location), []).append(
+                ImageKey(image_id, root_key, rel_path))
     return found
 
 
@@ -317,11 +346,23 @@ class MonitoringMethods:
         raise NotImplementedError
 
     def images_for_keys(
-        self, *, paths: Iterable[str] = (), sha256s: Iterable[str] = ()
-    ) -> tuple[dict[str, list[ImageKey]], dict[str, list[ImageKey]]]:
-        """(images per relative path, images per content SHA-256) for ground-truth keys."""
+        self,
+        *,
+        paths: Iterable[str] = (),
+        sha256s: Iterable[str] = (),
+        case_locations: Iterable[tuple[str, str]] = (),
+    ) -> tuple[
+        dict[str, list[ImageKey]],
+        dict[str, list[ImageKey]],
+        dict[tuple[str, str], list[ImageKey]],
+    ]:
+        """Images per relative path, per content SHA-256 and per (case, location)."""
         with self._read() as session:
-            return images_by_path(session, paths), images_by_sha256(session, sha256s)
+            return (
+                images_by_path(session, paths),
+                images_by_sha256(session, sha256s),
+                images_by_case_location(session, case_locations),
+            )
 
     def import_truth(
         self,

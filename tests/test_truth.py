@@ -218,8 +218,47 @@ def test_truth_is_counted_per_image_version(db_url):
         first = assess(store, model_id, "c1/a.tif", 0.9)
         found = store.record_discovery("export", "c1/a.tif", 200, 2, "host:daemon",
                                        now=T0 + timedelta(minutes=1))
-        by_path, _ = store.images_for_keys(paths=["c1/a.tif"])
+        by_path, _, _ = store.images_for_keys(paths=["c1/a.tif"])
         assert sorted(k.image_id for k in by_path["c1/a.tif"]) == sorted(
             [first, found.image_id])
         with store._read() as session:
             assert session.scalar(select(func.count()).select_from(GroundTruth)) == 0
+
+
+def test_case_and_location_keys_name_every_image_of_that_location(db_url, tmp_path):
+    from marginwatch.storage import Placement
+
+    with Store.open(db_url, upgrade=True) as store:
+        model_id = store.register_model("c" * 64, "resnet18", {"threshold": 0.5})
+        ids = {}
+        for k, (name, location) in enumerate([("LPL_01.tif", "left-posterolateral"),
+                                              ("LPL_02.tif", "left-posterolateral"),
+                                              ("APEX_01.tif", "apex")]):
+            now = T0 + timedelta(minutes=k)
+            found = store.record_discovery(
+                "export", f"case7/{name}", 100 + k, 1, "host:daemon", now=now,
+                placement=Placement("case7", location, "filename"))
+            job = store.claim_job("w", 60, now=now)
+            store.finish_job(job.job_id, "w", sample_record(model_id, probability=0.2),
+                             now=now)
+            ids[name] = found.image_id
+    file = tmp_path / "by-location.csv"
+    file.write_text("case,location,status,reported_by\n"
+                    "case7,LPL,tumour,Dr A\n"               # 2: abbreviation
+                    "case7,apex,clear,Dr A\n"               # 3
+                    "case7,left posterolateral,clear,\n"    # 4: the same key as line 2
+                    "case7,nowhere,clear,\n"                # 5: unknown location
+                    "case9,base,clear,\n"                   # 6: no such image
+                    "case7,,clear,\n")                      # 7: missing location
+    result = run("truth", "import", str(file), "--by", "clerk", "--db", db_url)
+    assert result.returncode == 2
+    for line, why in ((4, "duplicate key"), (5, "unknown location"),
+                      (6, "matches no image"), (7, "missing key")):
+        assert any(f"{file}:{line}:" in ln and why in ln for ln in result.stderr.splitlines()), (
+            line, result.stderr)
+    assert truth_rows(db_url) == {}
+    result = run("truth", "import", str(file), "--by", "clerk", "--db", db_url, "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    assert truth_rows(db_url) == {ids["LPL_01.tif"]: ("tumour", 1),
+                                  ids["LPL_02.tif"]: ("tumour", 1),
+                                  ids["APEX_01.tif"]: ("clear", 1)}
