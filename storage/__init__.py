@@ -10,7 +10,7 @@ the state directory), PostgreSQL by URL. Imports no torch.
 
 from __future__ import annotations
 
-from ._engine import Target, parse_target
+from ._connection import Target, parse_target
 from .audit import AuditAnchor
 from .records import (
     AlertDetail,

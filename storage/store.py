@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from . import _digests, _jobs, _queries, audit, schema
 from ._case_store import CaseMethods
-from ._engine import Target, check_sqlite_file, make_engine, parse_target, translate_errors
+from ._connection import Target, check_sqlite_file, make_engine, parse_target, translate_errors
 from .models import Alert, AuditEvent, Heartbeat, Image, ModelRow, Prediction
 from .records import (
     AlertDetail,
