@@ -230,7 +230,7 @@ def run_monitor(
     result["open_alarms"] = [{"id": a.id, "kind": a.kind, "message": a.message,
                               "raised_at": a.raised_at} for a in open_alarms]
     if report is not None:
-        from marginwatch.tools._monitor_plots import write_figures
+        from marginwatch.tools.monitor_figures import write_figures
 
         write_figures(report, arrays["labels"], arrays["probabilities"],
                       _trend_points(result), (result["model"] or {}).get("validation") or {})

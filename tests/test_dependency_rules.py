@@ -151,13 +151,12 @@ def _private_imports_across_packages() -> list[str]:
                    and _private_part(i.target) is not None})
 
 
-#: Left while the cases/locations (issue 17) and monitoring (issue 18) work is being
-#: written in these very files: engine/_cases_config.py's names, tools/_synth_cases.py's
-#: (for the demo's simulated scanner) and tools/_monitor_plots.py's want public homes.
+#: Left while the cases/locations (issue 17) work is being written in these very files:
+#: engine/_cases_config.py's names and tools/_synth_cases.py's (for the demo's simulated
+#: scanner) want public homes.
 REMAINING_PRIVATE_IMPORTS = [
     "marginwatch.daemon._case_report imports "
     "marginwatch.engine._cases_config.DEFAULT_LOCATIONS",
-    "marginwatch.daemon._monitor_cli imports marginwatch.tools._monitor_plots.write_figures",
     "marginwatch.daemon._scanner imports marginwatch.tools._synth_cases.has_sidecar",
     "marginwatch.daemon._scanner imports marginwatch.tools._synth_cases.location_of",
     "marginwatch.daemon._scanner imports marginwatch.tools._synth_cases.scan_name",
