@@ -1,7 +1,7 @@
 """What the scanner does to the tissue's expected signal: optics, scan strips, noise.
 
 Input: noise-free expected fluorescence/reflectance, each (H, W) float32 ~[0, 1]
-(:mod:`._tissue`). Output: detector counts, each (H, W) float32 in ADU, before
+(:mod:`._synth_tissue`). Output: detector counts, each (H, W) float32 in ADU, before
 quantisation. Modelled, in the order light meets the instrument:
 
 1. the point-spread function (Gaussian, sigma ~0.6 px);
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ._tissue import smooth_noise
+from ._synth_tissue import smooth_noise
 
 __all__ = ["CENTRES", "Artefacts", "Centre", "acquire", "normalised", "to_uint16"]
 

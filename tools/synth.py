@@ -4,7 +4,7 @@ The study's images are not public, so marginwatch ships this generator: it write
 scanner-like export ``OUT/<case>/<name>.tif`` (margin locations in the names and in
 sidecars, see :mod:`._synth_cases`) and ``OUT/manifest.csv`` so that training,
 evaluation, the daemon and the tests all run without patient data. What the images
-model is described in docs/synthetic-data.md; geometry lives in :mod:`._tissue`, the
+model is described in docs/synthetic-data.md; geometry lives in :mod:`._synth_tissue`, the
 instrument in :mod:`._acquisition`, TIFF layout in :mod:`._synth_tiff`.
 
 Python API (the daemon's demo scanner and the benchmarks call it)::
@@ -41,7 +41,7 @@ from marginwatch.engine.errors import ConfigError
 
 from ._acquisition import CENTRES, Centre, acquire, normalised, to_uint16
 from ._synth_cases import scan_name, write_sidecars
-from ._tissue import Style, draw_tissue
+from ._synth_tissue import Style, draw_tissue
 
 __all__ = [
     "LABELS",
@@ -158,7 +158,7 @@ def generate_image(
 ) -> SynthImage:
     """Draw one margin scan. ``label``: "tumour" (tumour at the inked edge) or "benign".
 
-    ``kind`` refines the label (``._tissue.KINDS``): tumour-margin / tumour-focal for
+    ``kind`` refines the label (``._synth_tissue.KINDS``): tumour-margin / tumour-focal for
     "tumour"; benign / atrophy / tumour-inside for "benign"; drawn from ``rng`` if None.
     """
     if label not in LABELS:
