@@ -2,8 +2,9 @@
 
 The folder observer and reconcile scan (:mod:`.observer`), the readiness rules
 (:mod:`.readiness`), cross-job tile batching (:mod:`.batching`), the reader/finisher
-pipeline (:mod:`.pipeline`) and the service's main loop with signals, heartbeat and
-sd_notify (:mod:`.service`). Names are imported lazily so that ``marginwatch.daemon.cli``
+pipeline (:mod:`.pipeline`), each new image's case and margin location
+(:mod:`.locations`) and the service's main loop with signals, heartbeat and sd_notify
+(:mod:`.service`). Names are imported lazily so that ``marginwatch.daemon.cli``
 starts without torch.
 """
 
@@ -13,6 +14,7 @@ from marginwatch.engine import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "FolderObserver": "observer",
+    "LocationRules": "locations",
     "Notifier": "sdnotify",
     "PathFilter": "observer",
     "ReadinessTracker": "readiness",

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from marginwatch.storage import CaseDetail, CaseView
 
 __all__ = [
     "FACE_ROWS",
@@ -82,7 +85,9 @@ def face_rows(vocabulary: tuple[str, ...] | list[str], seen: set[str]) -> list[l
     return rows
 
 
-def case_panel_rows(case: Any, vocabulary: tuple[str, ...] | list[str], width: int) -> int:
+def case_panel_rows(
+    case: CaseDetail | None, vocabulary: tuple[str, ...] | list[str], width: int
+) -> int:
     """Lines the panel wants inside its border, ``width`` columns wide."""
     if case is None:
         return 1
@@ -112,7 +117,7 @@ def _cell(name: str, state: str | None, p: float | None, width: int, short: str)
     return Text(text[:width].center(width), style=style, no_wrap=True, overflow="crop")
 
 
-def _heading(c: Any, now: datetime, label: str, width: int) -> list[Text]:
+def _heading(c: CaseView, now: datetime, label: str, width: int) -> list[Text]:
     """Label, open/closed, overall status; time since the last scan; counts per state."""
     narrow = width < NARROW_COLUMNS
     head = Text(no_wrap=True, overflow="ellipsis")
@@ -142,7 +147,7 @@ def _heading(c: Any, now: datetime, label: str, width: int) -> list[Text]:
 
 
 def case_panel(
-    case: Any,
+    case: CaseDetail | None,
     now: datetime,
     width: int,
     *,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from marginwatch.engine.errors import ConfigError, MarginwatchError
@@ -38,9 +38,24 @@ from PIL import Image
 from ._case_cli import STATE_WORDS
 from ._case_panel import face_rows
 
-__all__ = ["THUMBNAIL_PX", "ImageData", "ReportData", "gather", "render_report", "write_report"]
+if TYPE_CHECKING:
+    from marginwatch.storage import AuditEventView, AuditReport, CaseDetail, ImageDetail
+
+
+__all__ = ["THUMBNAIL_PX", "CaseRecords", "ImageData", "ReportData", "gather", "render_report",
+           "write_report"]
 
 logger = logging.getLogger(__name__)
+
+
+class CaseRecords(Protocol):
+    """What the report reads from a (read-only) :class:`~marginwatch.storage.Store`."""
+
+    def case_detail(self, case: str) -> CaseDetail: ...
+    def image_detail(self, image_id: str) -> ImageDetail: ...
+    def verify_audit(self) -> AuditReport: ...
+    def audit_events(self) -> list[AuditEventView]: ...
+
 
 THUMBNAIL_PX = 360
 _COLOURS = {"tumour": "#c62828", "not-assessable": "#ef6c00", "pending": "#1565c0",
@@ -165,7 +180,7 @@ def _schematic_svg(case: Any, vocabulary: list[str]) -> str:
     return "".join(parts)
 
 
-def _model_is_demo(store: Any) -> dict[str, bool]:
+def _model_is_demo(store: CaseRecords) -> dict[str, bool]:
     """Model digest -> synthetic_demo, from the audit log's model.registered events."""
     return {str(e.payload.get("digest")): bool(e.payload.get("synthetic_demo"))
             for e in store.audit_events() if e.action == "model.registered"}
@@ -267,8 +282,8 @@ def _facts(item: Any, detail: Any, display: str, scrub: Callable[[str], str]
     return [(k, scrub(v)) for k, v in rows]
 
 
-def gather(store: Any, case_key: str, *, display: str, vocabulary: list[str], max_pixels: int,
-           now: datetime) -> ReportData:
+def gather(store: CaseRecords, case_key: str, *, display: str, vocabulary: list[str],
+           max_pixels: int, now: datetime) -> ReportData:
     """Read what the report shows (NotFoundError: no such case); pictures drawn once."""
     from marginwatch.engine.pathnames import display_path
 
@@ -373,7 +388,7 @@ def _write(path: Path, write: Callable[[Path], object], where: Path) -> None:
         raise ConfigError(f"{where}: cannot write the report ({exc.strerror})") from exc
 
 
-def write_report(store: Any, case_key: str, out_dir: Path, *, display: str, now: datetime,
+def write_report(store: CaseRecords, case_key: str, out_dir: Path, *, display: str, now: datetime,
                  vocabulary: list[str] | None = None, max_pixels: int = 30_000 * 30_000,
                  pdf: bool = False) -> list[Path]:
     """Write ``marginwatch-case-<id8>.html`` (and ``.pdf``) into ``out_dir``; the paths."""

@@ -118,9 +118,9 @@ def _read_sidecar(path: str, root: str, rules: LocationRules) -> tuple[str | Non
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return None, "the sidecar is not UTF-8 text; re-export it as JSON"
-    except ValueError as exc:
-        detail = f"line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else str(exc)
-        return None, f"the sidecar is not valid JSON ({detail}); fix or re-export it"
+    except json.JSONDecodeError as exc:
+        return None, (f"the sidecar is not valid JSON (line {exc.lineno} column {exc.colno}); "
+                      "fix or re-export it")
     if not isinstance(data, dict):
         return None, f"the sidecar JSON is a {type(data).__name__}; expected an object"
     said = data.get("location")

@@ -161,6 +161,7 @@ def _case_images(session: Session, case_ids: list[str]) -> dict[str, list[CaseIm
         .order_by(Image.first_seen, Job.id)
     )
     for image, job, prediction, digest, flagged in session.execute(query):
+        assert image.case_id is not None  # selected by case
         out[image.case_id].append(_case_image(image, job, prediction, digest, bool(flagged)))
     return out
 
