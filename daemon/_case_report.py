@@ -392,7 +392,7 @@ def write_report(store: CaseRecords, case_key: str, out_dir: Path, *, display: s
                  vocabulary: list[str] | None = None, max_pixels: int = 30_000 * 30_000,
                  pdf: bool = False) -> list[Path]:
     """Write ``marginwatch-case-<id8>.html`` (and ``.pdf``) into ``out_dir``; the paths."""
-    from marginwatch.engine._cases_config import DEFAULT_LOCATIONS
+    from marginwatch.engine.config import DEFAULT_LOCATIONS
 
     data = gather(store, case_key, display=display,
                   vocabulary=list(vocabulary or DEFAULT_LOCATIONS), max_pixels=max_pixels, now=now)

@@ -90,12 +90,7 @@ class SimulatedScanner:
             return list(self.landed)
 
     def _run(self) -> None:
-        from marginwatch.tools._synth_cases import (
-            has_sidecar,
-            location_of,
-            scan_name,
-            write_sidecar,
-        )
+        from marginwatch.tools import has_sidecar, location_of, scan_name, write_sidecar
         from marginwatch.tools.synth import generate_image, patient_style, write_image
 
         rng = np.random.default_rng(self.seed)

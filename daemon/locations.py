@@ -28,7 +28,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from marginwatch.engine._cases_config import UNSPECIFIED, CasesConfig
+from marginwatch.engine.config import UNSPECIFIED, CasesConfig
 from marginwatch.storage.records import Placement
 
 __all__ = ["MAX_SIDECAR_BYTES", "UNSPECIFIED", "LocationRules", "location_label", "resolve"]

@@ -30,10 +30,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from ._cases_config import CasesConfig
+from ._cases_config import DEFAULT_LOCATIONS, UNSPECIFIED, CasesConfig
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_LOCATIONS",
+    "UNSPECIFIED",
     "CasesConfig",
     "Config",
     "DaemonConfig",

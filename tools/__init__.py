@@ -1,6 +1,7 @@
 """marginwatch.tools: everything around the model.
 
-The synthetic FCM generator (:mod:`.synth`), training (:mod:`.train`), evaluation
+The synthetic FCM generator (:mod:`.synth`, margin locations of its cases in
+:mod:`._synth_cases`), training (:mod:`.train`), evaluation
 (:mod:`.evaluate`) with its one metrics module (:mod:`.metrics`), ONNX/TensorRT export
 (:mod:`.export`) and benchmarks (:mod:`.bench`). Names are imported lazily so that
 importing one tool does not load the others (or torch, for the metrics).
@@ -15,6 +16,10 @@ _EXPORTS: dict[str, str] = {
     "generate_image": "synth",
     "write_dataset": "synth",
     "write_image": "synth",
+    "has_sidecar": "_synth_cases",  # margin locations of synthetic cases (names, sidecars)
+    "location_of": "_synth_cases",
+    "scan_name": "_synth_cases",
+    "write_sidecar": "_synth_cases",
     "TrainOptions": "_options",  # no torch: the CLI checks options before loading it
     "preflight": "_options",
     "train": "train",
