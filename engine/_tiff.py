@@ -94,6 +94,28 @@ def check_tiff_header(
                  target_um_per_px=target_um_per_px)
 
 
+def _inspect(
+    file: Path,
+    tif: tifffile.TiffFile,
+    *,
+    max_pixels: int,
+    max_channels: int,
+    target_um_per_px: float | None,
+) -> tuple[ImageInfo, Any, str]:
+    """The level to read, checked against the limits: (info, series level, axes).
+
+    tifffile parses tags lazily, so a malformed one can raise from any attribute: such
+    errors are UnreadableImageError here, never an exception the caller does not expect.
+    """
+    try:
+        return _inspect_levels(file, tif, max_pixels=max_pixels, max_channels=max_channels,
+                               target_um_per_px=target_um_per_px)
+    except DECODE_ERRORS as exc:
+        raise UnreadableImageError(
+            f"{file}: TIFF structure is corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def open_tiff(
     file: Path,
     handle: BinaryIO | Path,
@@ -149,7 +171,7 @@ def _open(
     return ArraySource(info, _to_hwc(array, layout))
 
 
-def _inspect(
+def _inspect_levels(
     file: Path,
     tif: tifffile.TiffFile,
     *,
@@ -157,7 +179,6 @@ def _inspect(
     max_channels: int,
     target_um_per_px: float | None,
 ) -> tuple[ImageInfo, Any, str]:
-    """The level to read, checked against the limits: (info, series level, axes)."""
     try:
         series = tif.series[0] if tif.series else None
     except DECODE_ERRORS as exc:
@@ -250,7 +271,11 @@ def _pixel_size(tif: tifffile.TiffFile, level: Any) -> tuple[float | None, str, 
         if value is not None:
             candidates.append((value, "ome"))
     page = level.pages[0] if level.pages else tif.pages[0]
-    value = _resolution_um_per_px(tif, page)
+    try:
+        value = _resolution_um_per_px(tif, page)
+    except (TypeError, ValueError, ZeroDivisionError, KeyError, IndexError):
+        value = None  # e.g. a ResolutionUnit with several values: no trusted pixel size
+        notes.append("ignored malformed resolution tags")
     if value is not None:
         candidates.append((value, "tiff-resolution"))
     low, high = PLAUSIBLE_UM_PER_PX

@@ -3,8 +3,9 @@
 Every event that records a clinical row carries ``"digests": {"<table>/<id>": sha256}``:
 ``image.assessed`` for the prediction, its tiles (one digest over all of them, by
 ``idx``) and its heatmap; ``alert.raised`` and ``alert.acknowledged`` for the alert
-as it stands after the event. A digest is the SHA-256 of the canonical JSON of the
-row's columns (times as UTC text, bytes by their own SHA-256).
+as it stands after the event; ``truth.recorded``/``corrected``/``updated`` for the
+image's ground truth as it stands after the import. A digest is the SHA-256 of the
+canonical JSON of the row's columns (times as UTC text, bytes by their own SHA-256).
 
 :func:`check_rows` recomputes them from the rows as they are now: a row edited after
 its event, deleted, or inserted without one is named, with the event that recorded it.
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy import Boolean, Float, Integer, select
 from sqlalchemy.orm import Session
 
-from .models import Alert, Base, Heatmap, Prediction, Tile
+from .models import Alert, Base, GroundTruth, Heatmap, Prediction, Tile
 
 __all__ = [
     "DIGEST_TABLES",
@@ -34,10 +35,12 @@ __all__ = [
     "assessment_digests",
     "check_rows",
     "row_digest",
+    "truth_digests",
 ]
 
 #: the tables whose rows the chain covers, in the order verify reports them.
-DIGEST_TABLES = ("predictions", "tiles", "heatmaps", "alerts")
+DIGEST_TABLES = ("predictions", "tiles", "heatmaps", "alerts", "ground_truth")
+_TEXT_KEYS = ("ground_truth",)  # keyed by image id (text), not by an increasing integer
 
 
 def _value(value: Any, kind: Any) -> Any:
@@ -114,7 +117,12 @@ class RowCheck:
     problem: RowProblem | None
 
 
-def _current(session: Session, table: str) -> Iterator[tuple[int, str]]:
+def truth_digests(row: GroundTruth) -> dict[str, str]:
+    """The ``digests`` of a ``truth.recorded/corrected/updated`` event (row flushed)."""
+    return {f"ground_truth/{row.image_id}": row_digest(row)}
+
+
+def _current(session: Session, table: str) -> Iterator[tuple[int | str, str]]:
     """(id, digest) of every row of ``table`` now, by id (tiles grouped per prediction)."""
     if table == "tiles":
         rows = session.scalars(select(Tile).order_by(Tile.prediction_id, Tile.idx))
@@ -125,9 +133,10 @@ def _current(session: Session, table: str) -> Iterator[tuple[int, str]]:
         "predictions": (Prediction, Prediction.id),
         "heatmaps": (Heatmap, Heatmap.prediction_id),
         "alerts": (Alert, Alert.id),
+        "ground_truth": (GroundTruth, GroundTruth.image_id),
     }[table]
     for row in session.scalars(select(model).order_by(key)).yield_per(500):
-        yield (row.prediction_id if table == "heatmaps" else row.id), row_digest(row)
+        yield getattr(row, key.key), row_digest(row)
 
 
 def check_rows(session: Session, recorded: Mapping[str, tuple[int, str]]) -> RowCheck:
@@ -139,14 +148,15 @@ def check_rows(session: Session, recorded: Mapping[str, tuple[int, str]]) -> Row
     problems: list[RowProblem] = []
     checked = legacy = 0
     for table in DIGEST_TABLES:
-        wanted = {int(k.split("/", 1)[1]): v for k, v in recorded.items()
+        key = str if table in _TEXT_KEYS else int
+        wanted = {key(k.split("/", 1)[1]): v for k, v in recorded.items()
                   if k.split("/", 1)[0] == table}
         first_covered = min(wanted, default=None)
-        seen: set[int] = set()
+        seen: set[int | str] = set()
         for row_id, digest in _current(session, table):
             seen.add(row_id)
             if row_id not in wanted:
-                if first_covered is None or row_id < first_covered:
+                if first_covered is None or (key is int and row_id < first_covered):
                     legacy += 1
                     continue
                 problems.append(RowProblem(f"{table}/{row_id}", None,
@@ -159,7 +169,7 @@ def check_rows(session: Session, recorded: Mapping[str, tuple[int, str]]) -> Row
                 problems.append(RowProblem(f"{table}/{row_id}", seq,
                                            f"row differs from the digest recorded by event seq "
                                            f"{seq} (edited after it was recorded)"))
-        for row_id in sorted(set(wanted) - seen):
+        for row_id in sorted(set(wanted) - seen, key=str):
             seq, _ = wanted[row_id]
             problems.append(RowProblem(f"{table}/{row_id}", seq,
                                        f"row recorded by event seq {seq} is gone (deleted)"))

@@ -26,7 +26,7 @@ from marginwatch.engine.errors import ConflictError, NotFoundError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import _digests, audit
 from .models import (
     ALARM_KINDS,
     TRUTH_STATUSES,
@@ -182,6 +182,9 @@ def import_truth(
         return result
     session.flush()
     for action, image_id, payload in events:
+        truth = session.get(GroundTruth, image_id)
+        assert truth is not None  # flushed above
+        payload = {**payload, "digests": _digests.truth_digests(truth)}  # tamper-evident
         audit.append_event(session, action, image_id, payload, actor, now)
     audit.append_event(
         session,

@@ -180,3 +180,29 @@ def test_anchor_advances_every_n_events(tmp_path: Path) -> None:
         assert AuditAnchor.read(anchor).seq == start + 5
     with sqlite3.connect(tmp_path / "m.db") as conn:
         assert conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0] == start + 5
+
+
+def test_ground_truth_is_covered(db_url: str) -> None:
+    """Ground truth: corrected only by an import (revision + 1), never deleted; an edit
+    made around the triggers is named by verify."""
+    from marginwatch.storage.records import TruthEntry
+
+    with Store.open(db_url, upgrade=True) as store:
+        _fill(store)
+        image = store.list_images()[0].image_id
+        for status in ("tumour", "clear"):  # recorded, then corrected
+            store.import_truth([TruthEntry(1, "case1/0.tif", (image,), status, "dr path")],
+                               source_sha256="e" * 64, source_name="truth.csv", actor="test")
+        assert store.verify_audit().ok
+        for statement in (
+            "DELETE FROM ground_truth",
+            "UPDATE ground_truth SET status = 'tumour'",  # same revision: not a correction
+        ):
+            with pytest.raises(StorageError, match="append-only"), store._write() as session:
+                session.execute(text(statement))
+        # around the trigger: a forged "correction" that bumps the revision itself
+        with store._write() as session:
+            session.execute(text("UPDATE ground_truth SET status = 'tumour', "
+                                 "revision = revision + 1"))
+        report = store.verify_audit()
+    assert not report.ok and report.bad_row == f"ground_truth/{image}", report
