@@ -459,7 +459,7 @@ def ack_command(
     config: ConfigOption = None,
 ) -> None:
     """Acknowledge an alert: records who and when (audited); it leaves the red list."""
-    from marginwatch.daemon.dashboard import run_ack
+    from marginwatch.daemon.ack import run_ack
 
     raise typer.Exit(guarded(run_ack, alert_id, by=by, note=note, db=db, config_path=config,
                              echo=typer.echo))

@@ -41,7 +41,7 @@ from ._case_panel import case_panel, case_panel_rows
 from ._dashboard_picture import Picture, half_blocks, load_picture
 from .locations import location_label
 
-__all__ = ["Snapshot", "Source", "render", "run_ack", "run_dashboard"]
+__all__ = ["Snapshot", "Source", "render", "run_dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -604,25 +604,3 @@ def _live_loop(source: Source, config: Any, console: Console, stop: Callable[[],
             live.update(frame(), refresh=True)
     return 0
 
-
-def run_ack(alert_id: int, *, by: str, note: str | None = None, db: str | None = None,
-            config_path: Path | None = None, echo: Callable[[str], Any] = print) -> int:
-    """``marginwatch ack``: record who acknowledged an alert (audited by the store).
-
-    An unknown id (NotFoundError) or a second acknowledgement (ConflictError) propagates
-    as a MarginwatchError: one line on stderr and exit 2 through the CLI's ``guarded``.
-    """
-    from marginwatch.engine.config import load_config
-    from marginwatch.engine.errors import ConflictError
-    from marginwatch.storage import Store
-
-    if not by.strip():
-        raise ConflictError("--by must name the person acknowledging the alert")
-    config = load_config(config_path)
-    url = db or config.daemon.resolved_db_url()
-    with Store.open(url, busy_timeout_seconds=config.daemon.db_busy_timeout_seconds) as store:
-        view = store.acknowledge(alert_id, by.strip(), note)
-    when = view.acknowledged_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    echo(f"alert {view.id} ({view.kind}, {display_path(view.rel_path)}) acknowledged by "
-         f"{view.acknowledged_by} at {when}")
-    return 0
