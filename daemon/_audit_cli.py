@@ -1,4 +1,4 @@
-"""The ``marginwatch db`` and ``marginwatch audit`` commands (called from cli.py).
+"""The ``marginwatch audit`` commands (called from cli.py); ``db`` is in :mod:`._db_cli`.
 
 Auditor commands open the database read-only (``mode=ro`` on SQLite, a read-only
 session on PostgreSQL): they cannot change what they inspect. All queries live in
@@ -26,8 +26,6 @@ __all__ = [
     "audit_list",
     "audit_show",
     "audit_verify",
-    "db_current",
-    "db_upgrade",
     "parse_when",
 ]
 
@@ -321,15 +319,6 @@ def audit_export(db: str | None, config: Path | None, fmt: str, out_path: Path) 
     print(f"exported {len(rows)} image(s) to {out_path}", file=sys.stderr)
 
 
-def _make_state_dir(state_dir: Path) -> None:
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"daemon.state_dir={state_dir}: cannot create it ({exc.strerror})"
-        ) from exc
-
-
 def audit_verify(db: str | None, config: Path | None, anchor: Path | None) -> int:
     """0 when the chain, the clinical rows and the anchor are intact, else 1.
 
@@ -379,49 +368,3 @@ def audit_verify(db: str | None, config: Path | None, anchor: Path | None) -> in
             f"to seq {report.head_seq}"
         )
     return 0
-
-
-def db_upgrade(db: str | None, config: Path | None) -> None:
-    from marginwatch.engine.config import load_config
-    from marginwatch.storage import Store
-
-    url, busy = _resolve(db, config)
-    daemon = load_config(config).daemon
-    if db is None and daemon.db_url is None:
-        _make_state_dir(daemon.state_dir)  # the configured home of the default database
-    before, head = (
-        Store.schema_status(url, busy_timeout_seconds=busy) if _exists(url) else (None, "")
-    )
-    with Store.open(url, upgrade=True, busy_timeout_seconds=busy) as store:
-        head = store.current_revision() or head
-        where = store.location
-    print(
-        f"{where}: schema at {head} (head)"
-        + ("" if before == head else f", upgraded from {before or 'empty'}")
-    )
-
-
-def _exists(url: str) -> bool:
-    from marginwatch.storage import parse_target
-
-    target = parse_target(url)
-    return target.sqlite_path is None or target.sqlite_path.exists()
-
-
-def db_current(db: str | None, config: Path | None) -> int:
-    from marginwatch.storage import Store
-
-    url, busy = _resolve(db, config)
-    from marginwatch.storage.schema import known_revisions
-
-    current, head = Store.schema_status(url, busy_timeout_seconds=busy)
-    if current == head:
-        state = "up to date"
-    elif current is None:
-        state = "empty: run `marginwatch db upgrade`"
-    elif current not in known_revisions():
-        state = "NEWER than this marginwatch: upgrade marginwatch"
-    else:
-        state = "older: run `marginwatch db upgrade`"
-    print(f"{current or '-'} (code head {head}): {state}")
-    return 0 if current == head else 1

@@ -152,7 +152,7 @@ app.add_typer(audit_app, name="audit")
 @db_app.command("upgrade")
 def db_upgrade_command(db: DbOption = None, config: ConfigOption = None) -> None:
     """Create the database or migrate it to this version's schema."""
-    from marginwatch.daemon._audit_cli import db_upgrade
+    from marginwatch.daemon._db_cli import db_upgrade
 
     guarded(db_upgrade, db, config)
 
@@ -160,7 +160,7 @@ def db_upgrade_command(db: DbOption = None, config: ConfigOption = None) -> None
 @db_app.command("current")
 def db_current_command(db: DbOption = None, config: ConfigOption = None) -> None:
     """Print the schema revision (exit 1 when it is not this version's head)."""
-    from marginwatch.daemon._audit_cli import db_current
+    from marginwatch.daemon._db_cli import db_current
 
     raise typer.Exit(guarded(db_current, db, config))
 
