@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from ._limits import check_declared
-from .errors import UnreadableImageError, UnsupportedImageError
+from .errors import ImageTooLargeError, UnreadableImageError, UnsupportedImageError
 from .reader import ArraySource, ImageInfo, ImageSource
 
 __all__ = ["check_tiff_header", "open_tiff"]
@@ -197,6 +197,7 @@ def _inspect_levels(
     dtype = str(np.dtype(level.dtype))
     what = f" (pyramid level {chosen} of {len(levels)})" if len(levels) > 1 else ""
     check_declared(file, shape, dtype, max_pixels=max_pixels, max_channels=max_channels, what=what)
+    _check_segments(file, level, shape, max_pixels)
     info = ImageInfo(
         path=str(file),
         format="OME-TIFF" if tif.is_ome else "TIFF",
@@ -210,6 +211,27 @@ def _inspect_levels(
         notes=notes,
     )
     return info, level, layout
+
+
+def _check_segments(file: Path, level: Any, shape: tuple[int, int, int], max_pixels: int) -> None:
+    """Refuse tiles or strips larger than the limits allow: decoding one allocates it whole
+    (a small image declaring a 973087504-pixel-wide tile made imagecodecs run out of
+    memory), whatever the image's own size."""
+    keyframe = level.pages[0].keyframe if level.pages else None
+    if keyframe is None:
+        return
+    height, width, _ = shape
+    if keyframe.is_tiled:
+        seg_h, seg_w = int(keyframe.tilelength), int(keyframe.tilewidth)
+        seg_h *= max(1, int(getattr(keyframe, "tiledepth", 1) or 1))
+    else:
+        seg_h, seg_w = min(int(keyframe.rowsperstrip or height), height), width
+    if seg_h * seg_w > max(max_pixels, height * width):
+        raise ImageTooLargeError(
+            f"{file}: declares {'tiles' if keyframe.is_tiled else 'strips'} of "
+            f"{seg_w}x{seg_h} pixels, larger than the image allows "
+            f"(engine.max_pixels={max_pixels:,}); nothing was decoded"
+        )
 
 
 def _layout(file: Path, level: Any) -> tuple[tuple[int, int, int], str]:
