@@ -108,181 +108,170 @@ def install_systemd(
     environ: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Install (or, with ``dry_run``, describe) the services; returns the changes made."""
-    run = runner or _run
-    source = units_source_dir()
-    prefix = _absolute(options.prefix, "--prefix")
-    export_dir = _absolute(options.export_dir, "--export-dir") if options.export_dir else None
-    console = _console_tty(options.console)
-    root = Path(options.root) if options.root is not None else None
-    _preflight(options, root, geteuid=geteuid, which=which, echo=echo)
+    installer = _Installer(options, echo=echo, run=runner or _run)
+    _preflight(options, installer.root, geteuid=geteuid, which=which, echo=echo)
+    if installer.export_dir is None and not installer.at(EXPORT_CONF).exists():
+        raise DeploymentError(
+            "--export-dir is required on the first install: the scanner's export folder, "
+            "e.g. --export-dir /srv/scanner-export"
+        )
+    mode = "dry run: nothing will be changed" if options.dry_run else "installing"
+    root = installer.root
+    echo(f"marginwatch install-systemd ({mode}){f' under {root}' if root else ''}")
+    installer.service_user()  # 1.
+    venv = installer.prefix_and_venv()  # 2.
+    db_url = installer.configuration()  # 3.
+    units_changed = installer.units_and_dropins(db_url)  # 4.
+    installer.systemd(units_changed)  # 5.
+    installer.summary(venv)
+    return installer.report.changed
 
-    def at(path: PurePosixPath) -> Path:
-        return Path(root, *path.parts[1:]) if root is not None else Path(path)
 
-    def system(argv: list[str], what: str, *, check_argv: list[str] | None = None) -> None:
+DAEMON_DROPINS = UNIT_DIR / f"{DAEMON_UNIT}.d"
+EXPORT_CONF = DAEMON_DROPINS / "export-dir.conf"
+
+
+class _Installer:
+    """The steps of :func:`install_systemd`, each making only the changes still needed."""
+
+    def __init__(self, options: InstallOptions, *, echo: Callable[[str], None],
+                 run: Runner) -> None:
+        self.options = options
+        self.echo = echo
+        self.run = run
+        self.source = units_source_dir()
+        self.prefix = _absolute(options.prefix, "--prefix")
+        self.export_dir = (
+            _absolute(options.export_dir, "--export-dir") if options.export_dir else None
+        )
+        self.console = _console_tty(options.console)
+        self.root = Path(options.root) if options.root is not None else None
+        self.report = _Report(echo=echo, dry_run=options.dry_run)
+
+    def at(self, path: PurePosixPath) -> Path:
+        """Where ``path`` is on this machine (under ``--root`` when given)."""
+        return Path(self.root, *path.parts[1:]) if self.root is not None else Path(path)
+
+    def system(self, argv: list[str], what: str) -> None:
         """Run a system command (or say it would be / is skipped)."""
-        if root is not None:
-            report.skipped(f"{what} (--root: not running `{' '.join(argv)}`)")
+        if self.root is not None:
+            self.report.skipped(f"{what} (--root: not running `{' '.join(argv)}`)")
             return
-        if report.change(f"{what}: {' '.join(argv)}"):
-            result = run(argv)
+        if self.report.change(f"{what}: {' '.join(argv)}"):
+            result = self.run(argv)
             if result.returncode != 0:
                 raise DeploymentError(
                     f"`{' '.join(argv)}` failed with exit code {result.returncode}: "
                     f"{(result.stderr or result.stdout).strip()}"
                 )
 
-    daemon_dropins = UNIT_DIR / f"{DAEMON_UNIT}.d"
-    export_conf = daemon_dropins / "export-dir.conf"
-    if export_dir is None and not at(export_conf).exists():
-        raise DeploymentError(
-            "--export-dir is required on the first install: the scanner's export folder, "
-            "e.g. --export-dir /srv/scanner-export"
-        )
-
-    report = _Report(echo=echo, dry_run=options.dry_run)
-    mode = "dry run: nothing will be changed" if options.dry_run else "installing"
-    echo(f"marginwatch install-systemd ({mode}){f' under {root}' if root else ''}")
-
-    # 1. the service user ------------------------------------------------------------
-    if root is None and _user_exists(SERVICE_USER):
-        report.unchanged(f"system user {SERVICE_USER}")
-    else:
-        system(
-            [
-                "useradd",
-                "--system",
-                "--user-group",
-                "--home-dir",
-                str(STATE_DIR),
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--comment",
-                "marginwatch daemon",
-                SERVICE_USER,
-            ],
+    def service_user(self) -> None:
+        if self.root is None and _user_exists(SERVICE_USER):
+            self.report.unchanged(f"system user {SERVICE_USER}")
+            return
+        self.system(
+            ["useradd", "--system", "--user-group", "--home-dir", str(STATE_DIR),
+             "--no-create-home", "--shell", "/usr/sbin/nologin", "--comment",
+             "marginwatch daemon", SERVICE_USER],
             f"create system user {SERVICE_USER}",
         )
 
-    # 2. prefix and venv ---------------------------------------------------------------
-    _ensure_dir(at(prefix), 0o755, report, shown=prefix)
-    venv = prefix / "venv"
-    if (at(venv) / "bin" / "python").exists():
-        report.unchanged(f"virtual environment {venv}")
-    else:
-        system([sys.executable, "-m", "venv", str(venv)], f"create virtual environment {venv}")
+    def prefix_and_venv(self) -> PurePosixPath:
+        _ensure_dir(self.at(self.prefix), 0o755, self.report, shown=self.prefix)
+        venv = self.prefix / "venv"
+        if (self.at(venv) / "bin" / "python").exists():
+            self.report.unchanged(f"virtual environment {venv}")
+        else:
+            self.system([sys.executable, "-m", "venv", str(venv)],
+                        f"create virtual environment {venv}")
+        return venv
 
-    # 3. configuration ---------------------------------------------------------------
-    _ensure_dir(at(CONFIG_DIR), 0o750, report, group=SERVICE_USER, root=root, shown=CONFIG_DIR)
-    effective_db_url = options.db_url
-    config_path = at(CONFIG_FILE)
-    if config_path.exists():
-        report.unchanged(f"{CONFIG_FILE} (kept as it is)")
+    def configuration(self) -> str | None:
+        """Write the configuration unless there is one; returns the db_url in effect."""
+        _ensure_dir(self.at(CONFIG_DIR), 0o750, self.report, group=SERVICE_USER,
+                    root=self.root, shown=CONFIG_DIR)
+        config_path = self.at(CONFIG_FILE)
+        if not config_path.exists():
+            _ensure_file(config_path, _config_text(self.source, self.options.db_url), 0o640,
+                         self.report, group=SERVICE_USER, root=self.root, shown=CONFIG_FILE)
+            return self.options.db_url
+        self.report.unchanged(f"{CONFIG_FILE} (kept as it is)")
         existing = _configured_db_url(config_path)
-        if options.db_url and existing != options.db_url:
-            echo(
+        if self.options.db_url and existing != self.options.db_url:
+            self.echo(
                 f"  note     {CONFIG_FILE} sets db_url differently from --db-url; "
                 "edit the file to change it"
             )
-        effective_db_url = existing
-    else:
-        _ensure_file(
-            config_path,
-            _config_text(source, options.db_url),
-            0o640,
-            report,
-            group=SERVICE_USER,
-            root=root,
-            shown=CONFIG_FILE,
-        )
+        return existing
 
-    # 4. units and drop-ins ------------------------------------------------------------
-    units_before = len(report.changed)
-    _ensure_dir(at(UNIT_DIR), 0o755, report, shown=UNIT_DIR)
-    _ensure_file(
-        at(UNIT_DIR / DAEMON_UNIT),
-        (source / DAEMON_UNIT).read_text(),
-        0o644,
-        report,
-        shown=UNIT_DIR / DAEMON_UNIT,
-    )
-    unit_names = [DAEMON_UNIT]
-    if console:
-        _ensure_file(
-            at(UNIT_DIR / CONSOLE_TEMPLATE),
-            (source / CONSOLE_TEMPLATE).read_text(),
-            0o644,
-            report,
-            shown=UNIT_DIR / CONSOLE_TEMPLATE,
-        )
-        unit_names.append(CONSOLE_TEMPLATE)
-    if export_dir is not None:
-        _ensure_dir(at(daemon_dropins), 0o755, report, shown=daemon_dropins)
-        _ensure_file(
-            at(export_conf),
-            _export_dir_text(source, export_dir),
-            0o644,
-            report,
-            shown=export_conf,
-        )
-    else:
-        report.unchanged(f"{export_conf} (export folder kept)")
-    network = _needs_network(effective_db_url)
-    network_text = (source / "network.conf.example").read_text()
-    for unit in unit_names:
-        dropins = UNIT_DIR / f"{unit}.d"
-        _ensure_optional(
-            at(dropins / "network.conf"),
-            network_text if network else None,
-            report,
-            shown=dropins / "network.conf",
-        )
-        prefix_text = _prefix_text(unit, prefix) if prefix != DEFAULT_PREFIX else None
-        _ensure_optional(
-            at(dropins / "prefix.conf"), prefix_text, report, shown=dropins / "prefix.conf"
-        )
-    units_changed = len(report.changed) > units_before
-
-    # 5. systemd ---------------------------------------------------------------------
-    if units_changed:
-        system(["systemctl", "daemon-reload"], "reload systemd")
-    else:
-        report.unchanged("systemd units (no reload needed)")
-    enable = [DAEMON_UNIT]
-    if console:
-        enable.append(f"marginwatch-dashboard@{console}.service")
-    for unit in enable:
-        if root is None and _systemctl_state(run, "is-enabled", unit) == "enabled":
-            report.unchanged(f"{unit} enabled")
+    def units_and_dropins(self, db_url: str | None) -> bool:
+        """Install the units and their drop-ins; True when any of them changed."""
+        before = len(self.report.changed)
+        _ensure_dir(self.at(UNIT_DIR), 0o755, self.report, shown=UNIT_DIR)
+        unit_names = [DAEMON_UNIT] + ([CONSOLE_TEMPLATE] if self.console else [])
+        for unit in unit_names:
+            _ensure_file(self.at(UNIT_DIR / unit), (self.source / unit).read_text(), 0o644,
+                         self.report, shown=UNIT_DIR / unit)
+        if self.export_dir is not None:
+            _ensure_dir(self.at(DAEMON_DROPINS), 0o755, self.report, shown=DAEMON_DROPINS)
+            _ensure_file(self.at(EXPORT_CONF), _export_dir_text(self.source, self.export_dir),
+                         0o644, self.report, shown=EXPORT_CONF)
         else:
-            system(["systemctl", "enable", unit], f"enable {unit}")
-    if console:
-        getty = f"getty@{console}.service"
-        if root is None and _systemctl_state(run, "is-enabled", getty) == "masked":
-            report.unchanged(f"{getty} masked (the console owns {console})")
-        else:
-            system(["systemctl", "mask", getty], f"mask the login prompt on {console}")
+            self.report.unchanged(f"{EXPORT_CONF} (export folder kept)")
+        network_text = (self.source / "network.conf.example").read_text()
+        network = network_text if _needs_network(db_url) else None
+        for unit in unit_names:
+            dropins = UNIT_DIR / f"{unit}.d"
+            _ensure_optional(self.at(dropins / "network.conf"), network, self.report,
+                             shown=dropins / "network.conf")
+            prefix_text = _prefix_text(unit, self.prefix) if self.prefix != DEFAULT_PREFIX else None
+            _ensure_optional(self.at(dropins / "prefix.conf"), prefix_text, self.report,
+                             shown=dropins / "prefix.conf")
+        return len(self.report.changed) > before
 
-    # summary --------------------------------------------------------------------------
-    if not report.changed:
-        echo("nothing to change: marginwatch is already installed as asked")
-    elif options.dry_run:
-        echo(f"dry run: {len(report.changed)} change(s) listed above; nothing was changed")
-    else:
-        echo(f"done: {len(report.changed)} change(s)")
-    if not (at(venv) / "bin" / "marginwatch").exists() and not options.dry_run:
-        echo(
-            f"next: install marginwatch into {venv} (e.g. `{venv}/bin/pip install "
-            f"marginwatch-*.whl`), set daemon.model_dir in {CONFIG_FILE}, then "
-            "`systemctl start marginwatch`"
-        )
-    elif not options.dry_run:
-        echo(
-            f"next: set daemon.model_dir in {CONFIG_FILE} if not done, then "
-            "`systemctl start marginwatch` and check `systemctl status marginwatch`"
-        )
-    return report.changed
+    def systemd(self, units_changed: bool) -> None:
+        """daemon-reload when needed, enable the units, mask the console's login prompt."""
+        if units_changed:
+            self.system(["systemctl", "daemon-reload"], "reload systemd")
+        else:
+            self.report.unchanged("systemd units (no reload needed)")
+        enable = [DAEMON_UNIT]
+        if self.console:
+            enable.append(f"marginwatch-dashboard@{self.console}.service")
+        for unit in enable:
+            if self.root is None and _systemctl_state(self.run, "is-enabled", unit) == "enabled":
+                self.report.unchanged(f"{unit} enabled")
+            else:
+                self.system(["systemctl", "enable", unit], f"enable {unit}")
+        if self.console:
+            getty = f"getty@{self.console}.service"
+            if self.root is None and _systemctl_state(self.run, "is-enabled", getty) == "masked":
+                self.report.unchanged(f"{getty} masked (the console owns {self.console})")
+            else:
+                self.system(["systemctl", "mask", getty],
+                            f"mask the login prompt on {self.console}")
+
+    def summary(self, venv: PurePosixPath) -> None:
+        changed, dry_run = self.report.changed, self.options.dry_run
+        if not changed:
+            self.echo("nothing to change: marginwatch is already installed as asked")
+        elif dry_run:
+            self.echo(f"dry run: {len(changed)} change(s) listed above; nothing was changed")
+        else:
+            self.echo(f"done: {len(changed)} change(s)")
+        if dry_run:
+            return
+        if not (self.at(venv) / "bin" / "marginwatch").exists():
+            self.echo(
+                f"next: install marginwatch into {venv} (e.g. `{venv}/bin/pip install "
+                f"marginwatch-*.whl`), set daemon.model_dir in {CONFIG_FILE}, then "
+                "`systemctl start marginwatch`"
+            )
+        else:
+            self.echo(
+                f"next: set daemon.model_dir in {CONFIG_FILE} if not done, then "
+                "`systemctl start marginwatch` and check `systemctl status marginwatch`"
+            )
 
 
 # --- checks ------------------------------------------------------------------------------
