@@ -27,7 +27,14 @@ import numpy as np
 
 from ._audit_cli import parse_when
 
-__all__ = ["REALARM_AFTER", "build_report", "raise_new_alarms", "run_monitor", "run_monitor_ack"]
+__all__ = [
+    "REALARM_AFTER",
+    "build_report",
+    "check_drift",
+    "raise_new_alarms",
+    "run_monitor",
+    "run_monitor_ack",
+]
 
 RESEARCH = "research use, not a diagnosis"
 #: An acknowledged alarm whose condition still holds is raised again after this long.
@@ -90,6 +97,19 @@ def build_report(
                              "threshold": threshold}
     else:
         report["note"] = "no ground truth in range"
+    drift, mismatch = _drift(rows, card, settings)
+    report["drift"] = drift.as_dict() | ({"reason": mismatch} if mismatch else {})
+    report["findings"] = [
+        {"kind": f.kind, "message": f.message, "details": f.details}
+        for f in monitoring.findings(perf, drift, card, settings)
+    ]
+    return report
+
+
+def _drift(rows: list[Any], card: dict[str, Any], settings: Any) -> tuple[Any, str | None]:
+    """The drift test of the rows' pooled-feature summaries against the card's reference."""
+    from marginwatch.tools import monitoring
+
     vectors = [v for v in (_vector(r.summary_data) for r in rows
                            if r.summary_kind == monitoring.SUMMARY_KIND) if v is not None]
     reference = card.get("input_reference")
@@ -100,13 +120,28 @@ def build_report(
             scores = monitoring.component_scores(np.stack(vectors), reference)
         except (ValueError, KeyError) as exc:  # another summary size, an older reference
             mismatch = f"the card's input_reference does not fit these summaries: {exc}"
-    drift = monitoring.drift_test(scores, reference if not mismatch else None, settings)
-    report["drift"] = drift.as_dict() | ({"reason": mismatch} if mismatch else {})
-    report["findings"] = [
-        {"kind": f.kind, "message": f.message, "details": f.details}
-        for f in monitoring.findings(perf, drift, card, settings)
-    ]
-    return report
+    return monitoring.drift_test(scores, None if mismatch else reference, settings), mismatch
+
+
+def check_drift(
+    store: Any, model_id: int, *, actor: str, settings: Any = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The daemon's periodic check: input drift of this model's newest images, as an alarm.
+
+    No ground truth and no bootstrap: cheap enough for the daemon's main loop
+    (``daemon.drift_check_seconds``). Returns what :func:`raise_new_alarms` did.
+    """
+    from marginwatch.tools import monitoring
+
+    settings = settings or monitoring.MonitorSettings()
+    rows = store.monitor_rows(with_summaries=True, model_id=model_id,
+                              latest=settings.drift_window)
+    _, card = store.model_cards().get(model_id, ("", {}))
+    drift, _ = _drift(rows, card, settings)
+    findings = [{"kind": f.kind, "message": f.message, "details": f.details}
+                for f in monitoring.findings(None, drift, card, settings)]
+    report = {"model": {"id": model_id}, "findings": findings}
+    return raise_new_alarms(store, report, actor=actor, now=now or datetime.now(UTC))
 
 
 def raise_new_alarms(

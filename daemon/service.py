@@ -69,6 +69,7 @@ LIVE_DAEMON_FIELDS = (
     "settle_seconds", "stable_polls", "poll_interval_seconds", "rescan_seconds",
     "ignore_globs", "image_globs", "max_attempts", "retry_delay_seconds", "lease_seconds",
     "max_batch_tiles", "max_batch_wait_ms", "shutdown_seconds", "heartbeat_seconds",
+    "drift_check_seconds",
 )
 #: engine settings read per image (so live); the backend and how it was built (precision,
 #: engine cache, TensorRT optimisation profile and workspace) are fixed until a restart.
@@ -135,6 +136,7 @@ class Service:
         self.root_key = self.root
         self.store = store
         self.stages = stages
+        self.model_id = model_id
         self.owner = owner
         self.notifier = notifier
         self.flags = flags
@@ -196,6 +198,7 @@ class Service:
         next_poll = next_beat = next_lease = now
         next_rescan = now + self.config.daemon.rescan_seconds
         next_idle_check = now
+        next_drift_check = now + self.config.daemon.drift_check_seconds
         watchdog_every = self.notifier.watchdog_interval_seconds
         next_watchdog = now
         exit_code = 0
@@ -231,6 +234,9 @@ class Service:
                     self._close_idle_cases()
                     next_idle_check = now + min(IDLE_CASE_CHECK_SECONDS,
                                                 self.config.cases.idle_close_seconds / 2)
+                if d.drift_check_seconds and now >= next_drift_check:
+                    next_drift_check = now + d.drift_check_seconds
+                    self._check_drift()
                 if now >= next_beat:
                     self._beat("running")
                     next_beat = now + d.heartbeat_seconds
@@ -360,6 +366,14 @@ class Service:
                 issue=f"the location could not be resolved ({type(exc).__name__}); "
                 "see the daemon log and report it",
             )
+
+    def _check_drift(self) -> None:
+        from ._monitor_cli import check_drift
+
+        for alarm in check_drift(self.store, self.model_id, actor=self.owner):
+            if alarm["state"] == "raised":
+                logger.warning("input-drift alarm %d raised (see marginwatch monitor)",
+                               alarm["alarm_id"])
 
     def _close_idle_cases(self) -> None:
         closed = self.store.close_idle_cases(self.config.cases.idle_close_seconds, self.owner)

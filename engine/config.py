@@ -116,6 +116,10 @@ class DaemonConfig(_Section):
     max_batch_wait_ms: float = Field(50.0, ge=0)
     shutdown_seconds: float = Field(20.0, gt=0)
     heartbeat_seconds: float = Field(2.0, gt=0)
+    drift_check_seconds: float = Field(
+        600.0, ge=0, description="how often the daemon tests its recent images for input "
+        "drift and raises the alarm (docs/monitoring.md); 0: never"
+    )
     db_busy_timeout_seconds: float = Field(
         10.0, ge=0, description="how long an SQLite writer waits for the lock before giving up"
     )

@@ -210,11 +210,14 @@ def monitor_rows(
     since: datetime | None,
     until: datetime | None,
     with_summaries: bool,
+    model_id: int | None = None,
+    latest: int | None = None,
 ) -> list[MonitorRow]:
     """Images assessed (job ``done``, own prediction) in [since, until), oldest first.
 
-    Times bound when the prediction was made. Duplicates are left out: their bytes
-    were assessed once already and would count twice.
+    Times bound when the prediction was made; ``model_id`` keeps one model's, ``latest``
+    only the newest N. Duplicates are left out: their bytes were assessed once already
+    and would count twice.
     """
     columns: list[Any] = [Image, Prediction, GroundTruth.status]
     if with_summaries:
@@ -232,8 +235,17 @@ def monitor_rows(
         query = query.where(Prediction.created_at >= since)
     if until is not None:
         query = query.where(Prediction.created_at < until)
+    if model_id is not None:
+        query = query.where(Prediction.model_id == model_id)
+    if latest is not None:
+        query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(latest)
+    else:
+        query = query.order_by(Prediction.created_at, Prediction.id)
+    rows = list(session.execute(query))
+    if latest is not None:
+        rows.reverse()
     out = []
-    for row in session.execute(query.order_by(Prediction.created_at, Prediction.id)):
+    for row in rows:
         image, prediction, status = row[0], row[1], row[2]
         out.append(
             MonitorRow(
@@ -389,9 +401,14 @@ class MonitoringMethods:
         since: datetime | None = None,
         until: datetime | None = None,
         with_summaries: bool = False,
+        model_id: int | None = None,
+        latest: int | None = None,
     ) -> list[MonitorRow]:
+        """Assessed images with prediction, truth and (optionally) summary, oldest first."""
         with self._read() as session:
-            return monitor_rows(session, since=since, until=until, with_summaries=with_summaries)
+            return monitor_rows(session, since=since, until=until,
+                                with_summaries=with_summaries, model_id=model_id,
+                                latest=latest)
 
     def model_cards(self) -> dict[int, tuple[str, dict[str, Any]]]:
         """model id -> (digest, card as recorded)."""

@@ -260,3 +260,39 @@ def test_monitor_range_and_bad_dates(db_url, dev_export, tmp_path):
     bad = run("monitor", "--db", db_url, "--since", "yesterday")
     assert bad.returncode == 2 and "--since 'yesterday'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_daemon_drift_check_raises_the_alarm_once(tmp_path):
+    """The daemon's periodic check (daemon.drift_check_seconds), on stored summaries."""
+    import dataclasses
+
+    from marginwatch.daemon._monitor_cli import check_drift
+    from marginwatch.storage.records import _summary
+
+    rng = np.random.default_rng(5)
+    mix = rng.standard_normal((24, 24))
+    reference = monitoring.reference_from_features(rng.standard_normal((60, 24)) @ mix,
+                                                   source="test")
+    url = str(tmp_path / "m.db")
+    with Store.open(url, upgrade=True) as store:
+        model_id = store.register_model("a" * 64, "resnet18", {
+            "threshold": 0.5, "input_reference": reference})
+
+        def record(vectors: np.ndarray, start: datetime) -> None:
+            for k, vector in enumerate(vectors):
+                now = start + timedelta(minutes=k)
+                store.record_discovery("export", f"c{k // 4}/{start:%d}-{k}.tif", 10, 1, "t",
+                                       now=now)
+                job = store.claim_job("w", 60, now=now)
+                rec = dataclasses.replace(sample_record(model_id), **_summary(vector))
+                store.finish_job(job.job_id, "w", rec, now=now)
+
+        record(rng.standard_normal((40, 24)) @ mix, T0)
+        assert check_drift(store, model_id, actor="daemon") == []
+        record(rng.standard_normal((200, 24)) @ mix + 6.0, T0 + timedelta(days=1))
+        (raised,) = check_drift(store, model_id, actor="daemon")
+        assert raised["state"] == "raised"
+        (again,) = check_drift(store, model_id, actor="daemon")
+        assert again == {**raised, "state": "open"}
+        (alarm,) = store.open_monitor_alarms()
+        assert alarm.kind == "input-drift" and alarm.details["n_images"] == 200
