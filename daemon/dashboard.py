@@ -39,7 +39,7 @@ from ._dashboard_picture import half_blocks
 from ._dashboard_source import MAX_ALERT_ROWS, Snapshot, Source, latency_seconds
 from .locations import location_label
 
-__all__ = ["Snapshot", "Source", "render", "run_dashboard"]
+__all__ = ["Snapshot", "Source", "live_loop", "render", "run_dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -408,14 +408,17 @@ def _live(source: Source, config: Any, console: Console, stop: Callable[[], bool
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     try:
-        return _live_loop(source, config, console, lambda: terminated.is_set() or stop(), Live)
+        return live_loop(source, config, console, lambda: terminated.is_set() or stop(), Live)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _live_loop(source: Source, config: Any, console: Console, stop: Callable[[], bool],
-               live_class: Any) -> int:
+def live_loop(source: Source, config: Any, console: Console, stop: Callable[[], bool],
+              live_class: Any) -> int:
+    """Frames from ``source`` into ``live_class`` (``rich.live.Live``, or the dashboard
+    benchmark's recorder) until ``stop()``: on each change the waker reports, else at
+    ``refresh_per_second``."""
     bell = Bell()
     period = 1.0 / config.dashboard.refresh_per_second
 

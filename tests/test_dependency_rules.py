@@ -151,21 +151,6 @@ def _private_imports_across_packages() -> list[str]:
                    and _private_part(i.target) is not None})
 
 
-#: Known private imports across packages, each waiting for a public home. (The cases
-#: work's names are public now: engine.config and marginwatch.tools.)
-REMAINING_PRIVATE_IMPORTS = [
-    # the dashboard benchmark (issue 15) drives the dashboard's private live loop
-    "marginwatch.tools._bench_dashboard imports marginwatch.daemon.dashboard._live_loop",
-]
-
-
-def test_no_new_private_imports_across_packages() -> None:
-    """No violation beyond the known ones below (which the next test wants gone)."""
-    new = [v for v in _private_imports_across_packages() if v not in REMAINING_PRIVATE_IMPORTS]
-    assert new == []
-
-
-@pytest.mark.xfail(strict=True, reason="remaining: " + "; ".join(REMAINING_PRIVATE_IMPORTS))
 def test_no_package_imports_another_packages_private_module() -> None:
     assert _private_imports_across_packages() == []
 

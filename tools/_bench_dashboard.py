@@ -1,6 +1,6 @@
 """The dashboard's live loop, run beside the benchmark's daemon: when is a result on screen?
 
-:class:`DashboardProbe` runs the real loop (``marginwatch.daemon.dashboard._live_loop``:
+:class:`DashboardProbe` runs the real loop (``marginwatch.daemon.dashboard.live_loop``:
 the same :class:`~marginwatch.daemon.dashboard.Source`, change waker, fallback period
 and rendering as ``marginwatch dashboard``) in a thread, with the shipped dashboard
 configuration, on a console that writes into memory. Instead of ``rich.live.Live`` it
@@ -72,14 +72,14 @@ class DashboardProbe:
                 self.visible.setdefault(str(row.rel_path), now)
 
     def _run(self) -> None:
-        from marginwatch.daemon.dashboard import _live_loop
+        from marginwatch.daemon.dashboard import live_loop
         from marginwatch.engine.config import load_config
         from rich.console import Console
 
         config = load_config(None, environ={})  # the shipped dashboard settings
         console = Console(file=io.StringIO(), width=140, height=60, force_terminal=True,
                           color_system="truecolor")
-        _live_loop(self._source, config, console, self._stop.is_set, self._recorder)
+        live_loop(self._source, config, console, self._stop.is_set, self._recorder)
 
     def start(self) -> DashboardProbe:
         self._thread.start()
