@@ -56,8 +56,13 @@ def build_report(
     settings: Any,
     *,
     per_cases: int | None = None,
+    drift_rows: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-able dict, with the arrays for the figures under ``_arrays``."""
+    """The report as a JSON-able dict, with the arrays for the figures under ``_arrays``.
+
+    ``drift_rows``: the newest rows of the reported model with their summaries (only
+    those are needed for the drift test); default: ``rows`` themselves.
+    """
     from marginwatch.tools import monitoring
 
     report: dict[str, Any] = {"research_use": RESEARCH, "model": None,
@@ -97,7 +102,7 @@ def build_report(
                              "threshold": threshold}
     else:
         report["note"] = "no ground truth in range"
-    drift, mismatch = _drift(rows, card, settings)
+    drift, mismatch = _drift(rows if drift_rows is None else drift_rows, card, settings)
     report["drift"] = drift.as_dict() | ({"reason": mismatch} if mismatch else {})
     report["findings"] = [
         {"kind": f.kind, "message": f.message, "details": f.details}
@@ -255,8 +260,13 @@ def run_monitor(
     url = db or config.daemon.resolved_db_url()
     with Store.open(url, readonly=not raise_alarms,
                     busy_timeout_seconds=config.daemon.db_busy_timeout_seconds) as store:
-        rows = store.monitor_rows(since=since_at, until=until_at, with_summaries=True)
-        result = build_report(rows, store.model_cards(), settings, per_cases=per_cases)
+        rows = store.monitor_rows(since=since_at, until=until_at)
+        # the summaries (a few KB each) only for the newest images the drift test uses
+        drift_rows = store.monitor_rows(
+            since=since_at, until=until_at, with_summaries=True, latest=settings.drift_window,
+            model_id=rows[-1].model_id) if rows else []
+        result = build_report(rows, store.model_cards(), settings, per_cases=per_cases,
+                              drift_rows=drift_rows)
         result["alarms"] = (raise_new_alarms(store, result, actor="marginwatch monitor", now=now)
                             if raise_alarms else [])
         open_alarms = store.open_monitor_alarms()
