@@ -133,7 +133,7 @@ def predict_command(
     config: ConfigOption = None,
 ) -> None:
     """Assess images with the CNN (research use, not a diagnosis)."""
-    from marginwatch.engine.prediction import run_predict
+    from marginwatch.daemon.prediction import run_predict
 
     code = guarded(run_predict, images, model_dir=model, as_json=as_json, cam=cam,
                    config_path=config, backend_name=backend)

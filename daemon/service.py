@@ -554,7 +554,7 @@ def run_daemon(
     if not Path(d.watch_dir).is_dir():
         raise DaemonError(f"{d.watch_dir}: watch folder does not exist or is not a folder")
     if d.model_dir is None:
-        from marginwatch.engine.prediction import default_model_dir
+        from marginwatch.daemon.prediction import default_model_dir
 
         d.model_dir = default_model_dir()  # the bundled synthetic demo model, or a clear error
     owner = _owner()

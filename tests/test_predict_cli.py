@@ -120,7 +120,7 @@ def test_predict_broken_model_folder(tmp_path, tiny_model_dir):
 
 
 def test_a_configured_model_folder_is_never_replaced_by_the_demo_model(tmp_path):  # noqa: ANN001
-    from marginwatch.engine.prediction import DEMO_MODEL_DIR, default_model_dir
+    from marginwatch.daemon.prediction import DEMO_MODEL_DIR, default_model_dir
 
     missing = tmp_path / "site-model"
     assert default_model_dir(missing) == missing  # loading it then fails, naming it

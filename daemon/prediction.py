@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from marginwatch.engine.config import load_config
+from marginwatch.engine.errors import InputError, ModelError
+from marginwatch.engine.pathnames import display_path
 from marginwatch.models import demo_model_dir
-
-from .config import load_config
-from .errors import InputError, ModelError
-from .pathnames import display_path
 
 __all__ = ["DEMO_MODEL_DIR", "default_model_dir", "run_predict"]
 
@@ -73,10 +72,10 @@ def run_predict(
     err: TextIO | None = None,
 ) -> int:
     """Assess each image; return the exit code (0, or 2 when any was not assessed)."""
-    from .assessment import assess
-    from .backends import select_backend
-    from .model import load_model
-    from .render import heatmap_overlay_png
+    from marginwatch.engine.assessment import assess
+    from marginwatch.engine.backends import select_backend
+    from marginwatch.engine.model import load_model
+    from marginwatch.engine.render import heatmap_overlay_png
 
     out = out or sys.stdout
     err = err or sys.stderr
