@@ -138,3 +138,13 @@ def test_feature_mean_is_the_train_hook_summary(tmp_path, one_thread):
         daemon_view = engine.assess(row.path, model).feature_mean
         train_view = per_tile[cache.image_of == i].mean(axis=0)
         np.testing.assert_allclose(daemon_view, train_view, rtol=1e-4, atol=1e-5)
+
+
+def test_too_few_held_out_images_give_no_reference(tmp_path, one_thread):
+    from marginwatch.tools._dataset import TileCache
+
+    model = engine.load_model(make_tiny_model(tmp_path / "model"))
+    tiles = torch.zeros((4, 3, 64, 64), dtype=torch.uint8)
+    cache = TileCache(tiles, np.array([0, 0, 1, 1]), np.array([0, 1]), np.array([0, 2, 4]))
+    assert input_reference(model, cache) is None  # train then writes no input_reference
+    assert model.update_card(input_reference=None).input_reference is None

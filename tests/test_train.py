@@ -48,6 +48,10 @@ def test_train_writes_a_loadable_calibrated_artefact(tiny_data: Path, tmp_path: 
     assert set(card.metrics) >= {"val_auc", "val_brier", "val_sensitivity"}
     record = json.loads((out / "training.json").read_text())
     assert [h["epoch"] for h in record["history"]] == [1, 2]
+    # the input-drift reference for monitoring, from the held-out validation images
+    assert card.metrics["target_sensitivity"] == pytest.approx(0.9)
+    assert card.input_reference["n_images"] == record["split_images"]["val"]
+    assert len(card.input_reference["mu"]) == model.torch_module().classifier.in_features
     assert record["stopped"] == "reached 2 epochs" and result.epochs_run == 2
     patients = {n: set(p) for n, p in record["split_patients"].items()}
     assert not (

@@ -9,6 +9,7 @@ global-average-pooled last feature map, engine.inference ``pooled``), reduced by
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,11 @@ import torch
 
 from . import monitoring
 
-__all__ = ["input_reference", "pooled_features"]
+__all__ = ["MIN_IMAGES", "input_reference", "pooled_features"]
+
+logger = logging.getLogger(__name__)
+
+MIN_IMAGES = 5
 
 
 @torch.no_grad()
@@ -33,8 +38,18 @@ def pooled_features(model: Any, tiles: torch.Tensor, batch_size: int = 16) -> np
     return torch.cat(out).numpy()
 
 
-def input_reference(model: Any, cache: Any, *, source: str = "validation images") -> dict[str, Any]:
-    """The card's ``input_reference`` from a TileCache (tiles, image_of) of held-out images."""
+def input_reference(
+    model: Any, cache: Any, *, source: str = "validation images"
+) -> dict[str, Any] | None:
+    """The card's ``input_reference`` from a TileCache (tiles, image_of) of held-out images.
+
+    None (no drift test for this model; ``monitor`` says so) with fewer than
+    :data:`MIN_IMAGES` images: too few to describe a centre.
+    """
+    if len(cache) < MIN_IMAGES:
+        logger.warning("only %d held-out image(s): no input-drift reference in the card",
+                       len(cache))
+        return None
     per_tile = pooled_features(model, cache.tiles)
     image_of = np.asarray(cache.image_of)
     per_image = np.stack([per_tile[image_of == i].mean(axis=0) for i in range(len(cache))])
