@@ -28,10 +28,15 @@ from .reader import ArraySource, ImageInfo, ImageSource
 __all__ = ["check_tiff_header", "open_tiff"]
 
 logger = logging.getLogger(__name__)
+# tifffile logs every malformed tag it meets: a 639-byte hostile file (tests/data/fuzz/)
+# made it write 224 MB of log lines, for minutes, into the daemon's journal. What
+# matters reaches the caller as an UnreadableImageError; the rest is not logged.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 # A pixel size outside this range is not a microscope's (e.g. a 72 dpi default): ignored.
 PLAUSIBLE_UM_PER_PX = (0.01, 100.0)
 _CHANNEL_AXES = "CSIQ"
+MAX_PAGES = 4096  # channels and pyramid levels; a stack this deep is not an FCM export
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # ResolutionUnit INCH, CENTIMETER
 _OME_UNITS = {
     "µm": 1.0,
@@ -180,6 +185,13 @@ def _inspect_levels(
     target_um_per_px: float | None,
 ) -> tuple[ImageInfo, Any, str]:
     try:
+        # Index the pages first: on a hostile 639-byte file (tests/data/fuzz/log-flood.tif)
+        # tifffile's series detection went on for minutes when it met them lazily.
+        if len(tif.pages) > MAX_PAGES:
+            raise UnsupportedImageError(
+                f"{file}: {len(tif.pages)} TIFF pages; expected at most {MAX_PAGES}"
+            )
+        list(tif.pages)  # parse every page now (bounded by MAX_PAGES)
         series = tif.series[0] if tif.series else None
     except DECODE_ERRORS as exc:
         raise UnreadableImageError(f"{file}: TIFF structure is corrupt ({exc})") from exc
