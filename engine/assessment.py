@@ -11,7 +11,11 @@ the last chunk, by ``close()`` / the context manager, or when the image is colle
 
 ``finish`` turns the joined :class:`~marginwatch.engine.inference.Inference` (small:
 logits, probabilities and CAMs at feature-map resolution) into the image decision, the
-driving tile and a heatmap in source space. The daemon batches the tiles of several
+driving tile and a heatmap in source space. Before that it applies the quality gate
+(engine.quality): ``prepare`` measures exposure, tissue, voids and seams on the
+overview, each chunk of tiles read is measured for focus, and ``finish`` leaves out the
+tiles that fail, or raises :class:`~marginwatch.engine.errors.QualityGateError` ("not
+assessable", each reason with its value and threshold) for an image that fails. The daemon batches the tiles of several
 images between the two; :func:`assess` runs the three in a row, a chunk at a time.
 
 Axis order at the boundaries: source arrays (H, W, C); tiles (T, 3, H, W); heatmap and
@@ -37,7 +41,7 @@ from ._tile_reader import TileReader
 from .aggregation import aggregate
 from .card import DeviceProfile, Normalisation
 from .config import Config, EngineConfig
-from .errors import InputError, NoTissueError
+from .errors import InputError, NoTissueError, QualityGateError
 from .inference import Inference
 from .model import Model
 from .normalisation import normalise_tiles
@@ -48,11 +52,28 @@ from .profiles import (
     scale_intensities,
     to_rgb,
 )
+from .quality import (
+    FOCUS_DOWNSAMPLE,
+    QualityReport,
+    effective_thresholds,
+    gate,
+    measure_overview,
+    tile_focus,
+    tile_masks,
+)
 from .reader import open_image
 from .tiling import Box, plan_tiles, tile_source_px
 from .tissue import tissue_fraction, tissue_mask
 
-__all__ = ["Assessment", "PreparedImage", "TileResult", "assess", "finish", "prepare"]
+__all__ = [
+    "Assessment",
+    "PreparedImage",
+    "TileResult",
+    "assess",
+    "check_quality",
+    "finish",
+    "prepare",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +115,11 @@ class PreparedImage:
     normalisation: Normalisation = field(default_factory=Normalisation)
     level: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # quality gate (engine.quality): image-level values, per-tile values (focus is
+    # filled in as the tiles are read), and the overview tissue mask for the tiles
+    quality_image: dict[str, float | None] = field(default_factory=dict)
+    quality_tiles: list[dict[str, float | None]] = field(default_factory=list)
+    mask: np.ndarray | None = field(default=None, repr=False)
     _reader: TileReader | None = field(default=None, repr=False)
     _rgb: torch.Tensor | None = field(default=None, repr=False)  # all tiles, once materialised
     _consumed: bool = field(default=False, repr=False)
@@ -118,9 +144,27 @@ class PreparedImage:
         self._consumed = True
         try:
             for start in range(0, len(self.boxes), chunk):
-                yield reader.read(start, min(len(self.boxes), start + chunk), self.timings)
+                stop = min(len(self.boxes), start + chunk)
+                tiles = reader.read(start, stop, self.timings)
+                self._measure(start, stop, tiles)
+                yield tiles
         finally:
             self.close()
+
+    def _measure(self, start: int, stop: int, tiles: torch.Tensor) -> None:
+        """The focus of tiles ``start:stop`` (engine.quality), into ``quality_tiles``."""
+        if self.mask is None or len(self.quality_tiles) != len(self.boxes):
+            return
+        started = time.perf_counter()
+        reduced = self.tile_size // FOCUS_DOWNSAMPLE
+        masks = tile_masks(
+            self.mask, self.boxes[start:stop], self.heatmap_scale, self.tile_px, reduced
+        )
+        for index, focus in enumerate(tile_focus(tiles, masks), start=start):
+            self.quality_tiles[index]["focus"] = focus
+        self.timings["quality"] = self.timings.get("quality", 0.0) + (
+            time.perf_counter() - started
+        )
 
     @property
     def tiles(self) -> torch.Tensor:
@@ -173,6 +217,7 @@ class Assessment:
     synthetic_demo: bool
     preview_rgb: np.ndarray | None = None
     feature_mean: np.ndarray | None = None  # (K,) mean pooled CNN features over the tiles
+    quality: QualityReport | None = None  # the gate's measurements (it passed)
 
     @property
     def seconds(self) -> float:
@@ -255,6 +300,9 @@ def _plan(
         scale_intensities(overview, _dtype_range(info.dtype, channels)), profile
     )
     mask = tissue_mask(signal, flat_is_tissue=float(absolute.mean()) > 0.1)
+    quality_started = time.perf_counter()
+    quality_image = measure_overview(absolute, signal, mask, um * factor)
+    quality_seconds = time.perf_counter() - quality_started
     preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
     tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
     plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
@@ -263,6 +311,9 @@ def _plan(
         fraction = tissue_fraction(mask, plan.clip(footprint), factor)
         if fraction >= engine.min_tissue_fraction:
             kept.append((footprint, fraction))
+    saturated = [
+        _tile_saturation(absolute, mask, plan.clip(footprint), factor) for footprint, _ in kept
+    ]
     if not kept:
         raise NoTissueError(
             f"{image_path}: no tile of {len(plan.footprints)} holds tissue "
@@ -287,9 +338,29 @@ def _plan(
         tile_size=size,
         normalisation=card.normalisation,
         level=info.level,
-        timings={"read": read_seconds, "preprocess": time.perf_counter() - started},
+        timings={
+            "read": read_seconds,
+            "preprocess": time.perf_counter() - started - quality_seconds,
+            "quality": quality_seconds,
+        },
+        quality_image=quality_image,
+        quality_tiles=[{"saturated_fraction": s} for s in saturated],
+        mask=mask,
         _reader=TileReader(source, boxes, profile, high, tile_px, size),
     )
+
+
+def _tile_saturation(absolute: np.ndarray, mask: np.ndarray, box: Box, factor: int) -> float | None:
+    """Share of the tissue under ``box`` (source px) at saturation, on the overview."""
+    from .quality import MIN_MEASURE_PX, SATURATED_LEVEL
+
+    x0, y0, x1, y1 = box
+    rows = slice(y0 // factor, max(y0 // factor + 1, -(-y1 // factor)))
+    cols = slice(x0 // factor, max(x0 // factor + 1, -(-x1 // factor)))
+    tissue = absolute[rows, cols][mask[rows, cols]]
+    if tissue.size < MIN_MEASURE_PX // 4:
+        return None
+    return float((np.nan_to_num(tissue, nan=0.0) >= SATURATED_LEVEL).mean())
 
 
 def _dtype_range(dtype: str, channels: int) -> np.ndarray:
@@ -327,19 +398,27 @@ def finish(
     if inference is None or len(inference) != count:
         got = 0 if inference is None else len(inference)
         raise InputError(f"{prepared.path}: {got} tile results for {count} tiles; not assessed")
+    card = model.card
     started = time.perf_counter()
-    probabilities = inference.probabilities.numpy().astype(np.float64)
-    raw = inference.raw_probabilities.numpy().astype(np.float64)
+    report = check_quality(prepared, model, engine)
+    quality_seconds = prepared.timings.get("quality", 0.0) + time.perf_counter() - started
+    if not report.passed:
+        raise QualityGateError(f"{prepared.path}: not assessable: {report.reason}", report)
+    kept = list(report.tiles_kept)  # the tiles that failed are left out of the decision
+    started = time.perf_counter()
+    probabilities = inference.probabilities.numpy().astype(np.float64)[kept]
+    raw = inference.raw_probabilities.numpy().astype(np.float64)[kept]
     probability, driving = aggregate(probabilities, engine.aggregation)
     raw_probability, _ = aggregate(raw, engine.aggregation)
     aggregate_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    heatmap = stitch_heatmap(prepared, inference.cams, probabilities)
+    footprints = [prepared.footprints[i] for i in kept]
+    heatmap = stitch_heatmap(prepared, inference.cams[kept], probabilities, footprints)
     stitch_seconds = time.perf_counter() - started
-    card = model.card
     timings = {
         "read": prepared.timings.get("read", 0.0),
         "preprocess": prepared.timings.get("preprocess", 0.0),
+        "quality": quality_seconds,
         "infer": inference.forward_seconds,
         "cam": inference.cam_seconds + stitch_seconds,
         "aggregate": aggregate_seconds,
@@ -353,7 +432,11 @@ def finish(
         tiles=[
             TileResult(box, float(p), float(r), fr)
             for box, p, r, fr in zip(
-                prepared.boxes, probabilities, raw, prepared.tissue_fractions, strict=True
+                [prepared.boxes[i] for i in kept],
+                probabilities,
+                raw,
+                [prepared.tissue_fractions[i] for i in kept],
+                strict=True,
             )
         ],
         driving_tile=driving,
@@ -376,11 +459,26 @@ def finish(
             None if inference.pooled is None
             else inference.pooled.float().mean(dim=0).numpy().astype(np.float32)
         ),
+        quality=report,
+    )
+
+
+def check_quality(
+    prepared: PreparedImage, model: Model, config: Config | EngineConfig | None = None
+) -> QualityReport:
+    """The quality gate's report on a prepared image whose tiles were read (engine.quality)."""
+    engine = _engine(config)
+    thresholds = effective_thresholds(model.card.quality, engine.quality_overrides())
+    return gate(
+        prepared.quality_image, prepared.quality_tiles, prepared.tissue_fractions, thresholds
     )
 
 
 def stitch_heatmap(
-    prepared: PreparedImage, cams: torch.Tensor, probabilities: np.ndarray
+    prepared: PreparedImage,
+    cams: torch.Tensor,
+    probabilities: np.ndarray,
+    footprints: list[Box] | None = None,
 ) -> np.ndarray:
     """Tile CAMs -> one (H / scale, W / scale) map in [0, 1].
 
@@ -393,9 +491,8 @@ def stitch_heatmap(
     height, width = prepared.shape[:2]
     out = np.zeros((-(-height // scale), -(-width // scale)), np.float32)
     side = max(1, round(prepared.tile_px / scale))
-    for cam, p, (x0, y0, _, _) in zip(
-        cams.float(), probabilities, prepared.footprints, strict=True
-    ):
+    footprints = prepared.footprints if footprints is None else footprints
+    for cam, p, (x0, y0, _, _) in zip(cams.float(), probabilities, footprints, strict=True):
         peak = float(cam.max())
         if peak <= 0.0 or p <= 0.0:
             continue

@@ -26,6 +26,7 @@ __all__ = [
     "DeviceProfile",
     "ModelCard",
     "Normalisation",
+    "QualityThresholds",
     "read_card",
 ]
 
@@ -113,6 +114,24 @@ class Normalisation(_Frozen):
         return value
 
 
+class QualityThresholds(_Frozen):
+    """The quality gate's thresholds (engine.quality); None switches a check off.
+
+    ``marginwatch train`` derives them from the training images (a low or high
+    percentile of the clean images, with a margin) and writes them here;
+    ``derived_from`` says how. Configuration can override each (``engine.quality_*``).
+    """
+
+    focus_min: float | None = Field(None, ge=0)
+    saturated_fraction_max: float | None = Field(None, ge=0, le=1)
+    signal_range_min: float | None = Field(None, ge=0, le=1)
+    tissue_fraction_min: float | None = Field(None, ge=0, le=1)
+    void_fraction_max: float | None = Field(None, ge=0, le=1)
+    seam_score_max: float | None = Field(None, ge=0)
+    kept_tissue_share_min: float | None = Field(0.5, ge=0, le=1)
+    derived_from: str = ""
+
+
 class ModelCard(_Frozen):
     """``model.json``. Every field the engine needs to run the weights correctly."""
 
@@ -132,6 +151,9 @@ class ModelCard(_Frozen):
     input_reference: dict[str, Any] | None = Field(
         None, description="training-centre image summary for input-drift monitoring "
         "(marginwatch.tools.monitoring.reference_from_features)"
+    )
+    quality: QualityThresholds | None = Field(
+        None, description="quality-gate thresholds; None: the engine's shipped defaults"
     )
     synthetic_demo: bool = False
     description: str = ""

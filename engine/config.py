@@ -84,6 +84,24 @@ class EngineConfig(_Section):
     tensorrt_workspace_mib: int = Field(
         2048, ge=64, description="TensorRT builder workspace memory limit"
     )
+    # quality gate (engine.quality): None keeps the model card's threshold (or the
+    # shipped default when the card has none)
+    quality_focus_min: float | None = Field(None, ge=0)
+    quality_saturated_fraction_max: float | None = Field(None, ge=0, le=1)
+    quality_signal_range_min: float | None = Field(None, ge=0, le=1)
+    quality_tissue_fraction_min: float | None = Field(None, ge=0, le=1)
+    quality_void_fraction_max: float | None = Field(None, ge=0, le=1)
+    quality_seam_score_max: float | None = Field(None, ge=0)
+    quality_kept_tissue_share_min: float | None = Field(None, ge=0, le=1)
+
+    def quality_overrides(self) -> dict[str, float | None]:
+        """``{threshold field: value}`` for the ``quality_*`` settings (None: not set)."""
+        prefix = "quality_"
+        return {
+            name[len(prefix) :]: getattr(self, name)
+            for name in type(self).model_fields
+            if name.startswith(prefix)
+        }
 
 
 class DaemonConfig(_Section):

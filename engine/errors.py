@@ -14,6 +14,7 @@ This module imports nothing heavy: storage and the CLI import it without torch.
     │   ├── ImageTooLargeError      declared pixels exceed max_pixels
     │   ├── NoTissueError           decoded, but no tile holds enough tissue to assess
     │   ├── InvalidPixelsError      decoded, but NaN/inf, constant or far out of range
+    │   ├── QualityGateError        decoded, but the scan fails the quality gate
     │   └── UnsupportedImageError   dtype, channel count or layout not handled
     ├── ModelError                  a model artefact is missing or inconsistent
     │   └── ModelCardError          model.json invalid or disagrees with the weights
@@ -49,6 +50,7 @@ __all__ = [
     "ModelCardError",
     "ModelError",
     "NoTissueError",
+    "QualityGateError",
     "NotFoundError",
     "SchemaVersionError",
     "StorageError",
@@ -83,6 +85,19 @@ class NoTissueError(InputError):
 
 class InvalidPixelsError(InputError):
     """Decoded, but the pixels are no measurement (NaN/inf, constant, far out of range)."""
+
+
+class QualityGateError(InputError):
+    """Not assessable: out of focus, saturated, faint, voids, seams or too little tissue.
+
+    ``report`` is the engine's ``QualityReport`` (every measurement, value against
+    threshold); the message names each failed check, e.g. ``out of focus: focus 12.3 <
+    40.0``.
+    """
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class UnsupportedImageError(InputError):
