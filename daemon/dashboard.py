@@ -180,7 +180,8 @@ def _alert_rows(shot: Snapshot, width: int, rows: int) -> RenderableType:
             f"#{alert.id}",
             _clock_time(alert.raised_at, shot.now),
             f"{location_label(alert.location)} \u2014 {what}",
-            _label(alert.rel_path, label_width, _display(shot)),
+            _label(alert.rel_path, label_width, _display(shot))
+            + ("" if tumour else _why(alert.message)),
             "" if alert.probability is None else f"p {alert.probability:.2f}",
             region,
             _ago((shot.now - alert.raised_at).total_seconds()),
@@ -190,6 +191,14 @@ def _alert_rows(shot: Snapshot, width: int, rows: int) -> RenderableType:
     if more > 0:
         return Group(table, Text(f"+{more} more open alert(s)", style="bold red"))
     return table
+
+
+def _why(message: str) -> str:
+    """`` | out of focus: focus 2.7 < 300`` from a not-assessed alert's message, else ''."""
+    marker = "not assessable: "
+    if marker not in message:
+        return ""
+    return " | " + message.split(marker, 1)[1].split(";", 1)[0].strip()
 
 
 def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:

@@ -66,6 +66,7 @@ from marginwatch.engine.errors import (
     InvalidPixelsError,
     MarginwatchError,
     NotFoundError,
+    QualityGateError,
     UnreadableImageError,
     UnsupportedImageError,
 )
@@ -144,6 +145,7 @@ _ADVICE: list[tuple[type[BaseException], str, bool]] = [
      False),
     (ImageTooLargeError, "export a smaller field of view, or raise engine.max_pixels", False),
     (UnsupportedImageError, "export a grey, two-channel or RGB TIFF/PNG from the scanner", False),
+    (QualityGateError, "rescan: specimen flat on the window, stain, no air bubbles", False),
     (UnreadableImageError, "re-export the image from the scanner", True),
     (InvalidPixelsError, "check the scanner's export settings; these pixel values are not "
      "a usable image", False),

@@ -2,7 +2,8 @@
 
 One line (or one JSON object with ``--json``) per image, in argument order. An image
 that cannot be assessed prints an explicit ``NOT ASSESSED`` line with the reason,
-never something that could pass for a negative result, and makes the exit code 2
+never something that could pass for a negative result (a scan that fails the quality
+gate names the check, its value and threshold), and makes the exit code 2
 while the other images are still assessed. The "research use, not a diagnosis" notice
 goes to stdout in text mode and to stderr with ``--json`` (stdout stays JSON lines).
 """
@@ -144,6 +145,7 @@ def _assessed(
             "seconds": round(a.seconds, 4),
             "timings": {k: round(v, 4) for k, v in a.timings.items()},
             "cam": None if cam_file is None else str(cam_file),
+            "quality": None if a.quality is None else a.quality.to_dict(),
             "research_use_only": True,
         }
         print(json.dumps(record), file=out, flush=True)
@@ -156,6 +158,9 @@ def _assessed(
         f"{len(a.tiles)} tiles | model {a.model_digest[:12]}{demo} | {a.backend} | "
         f"{a.seconds:.2f} s"
     )
+    gated = 0 if a.quality is None else a.quality.tiles_total - len(a.quality.tiles_kept)
+    if gated:
+        line += f" | {gated} tile(s) left out by the quality gate"
     if cam_file is not None:
         line += f" | cam {cam_file}"
     print(line, file=out, flush=True)
@@ -176,6 +181,9 @@ def _not_assessed(
             "reason": reason,
             "research_use_only": True,
         }
+        report = getattr(exc, "report", None)  # QualityGateError: every measurement
+        if report is not None:
+            record["quality"] = report.to_dict()
         print(json.dumps(record), file=out, flush=True)
     else:
         print(f"{display_path(image)}: NOT ASSESSED: {display_path(reason)}", file=out,

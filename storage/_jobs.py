@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from marginwatch.engine.errors import ConflictError, NotFoundError
 from marginwatch.engine.pathnames import display_path
@@ -199,6 +200,7 @@ def record_assessment(
         driving_tile=result.driving_tile,
         timings_json=audit.canonical_json({k: float(v) for k, v in result.timings.items()}),
         created_at=now,
+        quality_json=None if result.quality is None else audit.canonical_json(result.quality),
     )
     session.add(prediction)
     session.flush()
@@ -260,6 +262,7 @@ def record_assessment(
             "threshold": result.threshold,
             "tiles": len(result.tiles),
             "digests": _digests.assessment_digests(prediction, tiles, heatmap),
+            "quality": _quality_summary(result.quality),
         },
         actor,
         now,
@@ -294,6 +297,17 @@ def record_assessment(
         result.decision,
     )
     return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
+
+
+def _quality_summary(quality: Any) -> dict[str, Any] | None:
+    """The gate's values and tile counts for the audit trail (thresholds are in the row)."""
+    if not quality:
+        return None
+    return {
+        "passed": quality.get("passed"),
+        "values": {k: m.get("value") for k, m in quality.get("measurements", {}).items()},
+        "tiles": quality.get("tiles"),
+    }
 
 
 def close_duplicate(

@@ -221,6 +221,8 @@ class Prediction(Base):
     driving_tile: Mapped[int | None] = mapped_column(Integer)
     timings_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # the quality gate's measurements (engine.quality: value, threshold, which way is bad)
+    quality_json: Mapped[str | None] = mapped_column(Text)
 
 
 class Tile(Base):

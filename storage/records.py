@@ -101,6 +101,7 @@ class AssessmentRecord:
     heatmap_scale: float | None = None
     summary_kind: str | None = None  # e.g. "pooled-features/v1" (input-drift monitoring)
     summary_data: bytes | None = None  # float32 little-endian
+    quality: Mapping[str, Any] | None = None  # the quality gate's report (JSON-ready)
 
     @classmethod
     def from_assessment(
@@ -116,6 +117,7 @@ class AssessmentRecord:
         ``heatmap_png`` is the heatmap already encoded by the caller (the daemon's
         finisher, before the transaction): storage stores bytes and encodes nothing.
         """
+        quality = getattr(assessment, "quality", None)
         return cls(
             model_id=model_id,
             sha256=assessment.sha256,
@@ -141,6 +143,7 @@ class AssessmentRecord:
                 None if heatmap_png is None else float(getattr(assessment, "heatmap_scale", 1.0))
             ),
             **_summary(getattr(assessment, "feature_mean", None)),
+            quality=None if quality is None else quality.to_dict(),
         )
 
 
