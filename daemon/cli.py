@@ -594,13 +594,16 @@ def synth(
     size_px: Annotated[int | None, typer.Option(help="Image side in pixels (default 1024; mosaic 4096).")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: min(4, CPUs)).")] = None,
     force: Annotated[bool, typer.Option(help="Write into a folder that already has a manifest.")] = False,
+    degrade: Annotated[str | None, typer.Option(
+        help="blur | saturate | faint | bubbles | partial | seams: scans the quality gate must stop.")] = None,
+    strength: Annotated[float, typer.Option(help="Degradation strength in (0, 1].")] = 1.0,
 ) -> None:
     """Write a synthetic FCM export (research use: synthetic data) and its manifest."""
     from marginwatch.tools.synth_cli import run_synth
 
     guarded(run_synth, out, images=images, tumour_fraction=tumour_fraction, patients=patients,
             centre=centre, profile=profile, mosaic=mosaic, seed=seed, size_px=size_px,
-            workers=workers, force=force)
+            workers=workers, force=force, degrade=degrade, strength=strength)
 
 
 @app.command()

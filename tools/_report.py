@@ -222,6 +222,12 @@ def write_markdown(
                 f"**{len(data['not_assessed'])} image(s) could not be assessed** and are "
                 "excluded from the metrics (see predictions.csv)."
             )
+        if data.get("n_gated"):
+            by = ", ".join(f"{k} {v}" for k, v in data["gated_by"].items())
+            lines.append(
+                f"Of these, {data['n_gated']} failed the quality gate ({by}); the metrics "
+                "are those of the assessable images."
+            )
         lines += [
             "",
             "| Metric | marginwatch | 95 % CI | Paper |",

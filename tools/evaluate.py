@@ -5,7 +5,9 @@ tile at the card's micrometres per pixel, normalise) -> the selected backend ->
 ``finish`` (calibrated tile probabilities, aggregation, decision at the card's
 threshold, Grad-CAM heatmap). An image the engine cannot assess is listed as
 ``not assessed`` in predictions.csv and excluded from the metrics, and the report says
-how many there were: it is never silently counted as benign.
+how many there were: it is never silently counted as benign. The metrics are those of
+the assessable images; per set the report counts the images the quality gate stopped
+and by which check (``n_gated``, ``gated_by``).
 
 Writes to DIR: ``report.md``, ``metrics.json``, ``predictions.csv``, ``roc.png``,
 ``reliability.png`` and ``gallery/`` (Grad-CAM overlays of true/false positives and
@@ -18,6 +20,7 @@ import csv
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ class _Scored:
     probability: list[float | None]  # None: not assessed
     decision: list[bool | None]
     reasons: list[str | None]
+    gated: list[tuple[str, ...]]  # per image: the quality checks it failed (none: passed)
     seconds: list[float]
     gallery: list[GalleryItem]
 
@@ -68,6 +72,7 @@ def _score(
     probability: list[float | None] = []
     decision: list[bool | None] = []
     reasons: list[str | None] = []
+    gated: list[tuple[str, ...]] = []
     seconds: list[float] = []
     # keep only the best gallery candidates: (outcome) -> [(sort key, item)]
     best: dict[str, list[tuple[float, GalleryItem]]] = {}
@@ -80,11 +85,14 @@ def _score(
             probability.append(None)
             decision.append(None)
             reasons.append(f"{type(exc).__name__}: {exc}")
+            report = getattr(exc, "report", None)  # QualityGateError: which checks failed
+            gated.append(tuple(m.name for m in report.failed) if report is not None else ())
             logger.warning("%s image not assessed (%s)", set_name, type(exc).__name__)
         else:
             probability.append(result.probability)
             decision.append(result.decision)
             reasons.append(None)
+            gated.append(())
             outcome = _outcome(row.label, result.decision)
             key = result.probability if outcome in ("TP", "FP") else -result.probability
             bucket = best.setdefault(outcome, [])
@@ -106,7 +114,7 @@ def _score(
         seconds.append(time.perf_counter() - started)
         progress.update(task, advance=1)
     gallery = [item for outcome in ("TP", "FP", "FN", "TN") for _, item in best.get(outcome, [])]
-    return _Scored(manifest, probability, decision, reasons, seconds, gallery)
+    return _Scored(manifest, probability, decision, reasons, gated, seconds, gallery)
 
 
 def _set_summary(
@@ -127,6 +135,8 @@ def _set_summary(
         "n_positive": int(y.sum()),
         "n_patients": len(set(groups.tolist())),
         "centres": sorted({r.centre for r in rows}),
+        "n_gated": sum(1 for g in scored.gated if g),
+        "gated_by": dict(sorted(Counter(n for g in scored.gated for n in g).items())),
         "not_assessed": [
             {"image": rows[i].image, "reason": scored.reasons[i]}
             for i in range(len(rows))
@@ -232,6 +242,10 @@ def evaluate(
             f"{k} {'undefined' if m[k]['value'] is None else format(m[k]['value'], '.3f')}"
             for k in ("sensitivity", "specificity", "auc", "brier")
         )
-        console.print(f"{name}: {data['n_assessed']} images  {shown}")
+        gated = ", ".join(f"{k} {v}" for k, v in data["gated_by"].items())
+        console.print(
+            f"{name}: {data['n_assessed']} images  {shown}  "
+            f"(quality gate: {data['n_gated']} not assessable{f': {gated}' if gated else ''})"
+        )
     console.print(f"report: {report / 'report.md'}")
     return result

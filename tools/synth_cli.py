@@ -15,8 +15,14 @@ from .synth import write_dataset
 __all__ = ["run_synth"]
 
 
-def run_synth(out: Path, **options) -> None:
-    """Write the dataset, then print one summary line per centre and label."""
+def run_synth(
+    out: Path, *, degrade: str | None = None, strength: float = 1.0, **options
+) -> None:
+    """Write the dataset (degraded: ``degrade``, tools._degrade), then print a summary."""
+    if degrade is not None:
+        from ._degrade import check_degradation
+
+        check_degradation(degrade, strength)  # before any image is written
     console = Console(stderr=True)
     started = time.perf_counter()
     with progress_bar(console) as bar:
@@ -26,6 +32,15 @@ def run_synth(out: Path, **options) -> None:
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             **options,
         )
+        if degrade is not None:
+            from ._degrade import degrade_dataset
+
+            bar.update(task, description=f"degrading ({degrade})", completed=0)
+            degrade_dataset(
+                out, rows, degrade, strength, seed=options.get("seed", 0),
+                mosaic=options.get("mosaic", False),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     labels = Counter(r.label for r in rows)
     kinds = Counter(r.kind for r in rows)
     patients = len({r.patient_id for r in rows})
@@ -35,4 +50,6 @@ def run_synth(out: Path, **options) -> None:
         f"in {time.perf_counter() - started:.1f} s on {os.cpu_count()} CPUs"
     )
     print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    if degrade is not None:
+        print(f"degraded: {degrade} at strength {strength:g} (columns degradation, strength)")
     print(f"manifest: {Path(out) / 'manifest.csv'} (synthetic data, research use only)")

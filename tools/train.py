@@ -518,9 +518,15 @@ def _finalise(
     description = options.description or (
         f"{options.architecture} trained by marginwatch train on {manifest.describe()}"
     )
+    from ._quality_thresholds import thresholds_from_images  # engine.quality's thresholds
+
+    quality = thresholds_from_images(
+        [manifest.rows[i].path for i in split.train], model, trainer.engine
+    )
     model.update_card(
         temperature=temperature,
         threshold=threshold,
+        quality=quality,
         training_data_sha256=manifest.sha256,
         metrics={k: None if math.isnan(v) else round(float(v), 4) for k, v in val_metrics.items()}
         | {"target_sensitivity": options.target_sensitivity},
