@@ -133,7 +133,7 @@ def test_prepare_finish_assess(tmp_path, tiny_model_dir):
     assert result.tiles[result.driving_tile].probability == pytest.approx(result.probability)
     assert result.heatmap.shape == (40, 52) and result.heatmap.dtype == np.float32
     assert 0 <= result.heatmap.min() and result.heatmap.max() <= 1
-    assert set(result.timings) == {"read", "preprocess", "infer", "cam", "aggregate"}
+    assert set(result.timings) == {"read", "preprocess", "quality", "infer", "cam", "aggregate"}
     assert (result.backend, result.sha256, result.model_digest) == (
         "torch-cpu",
         prepared.sha256,

@@ -62,7 +62,7 @@ def render_quality_sheet(
             ax.text(0.5, 0.5, "no preview", ha="center", va="center")
         ax.set_title(f"{label}\n{title}", fontsize=9, color=colour)
     fig.suptitle("marginwatch quality gate on synthetic scans (research use only)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
