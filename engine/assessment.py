@@ -15,8 +15,9 @@ driving tile and a heatmap in source space. Before that it applies the quality g
 (engine.quality): ``prepare`` measures exposure, tissue, voids and seams on the
 overview, each chunk of tiles read is measured for focus, and ``finish`` leaves out the
 tiles that fail, or raises :class:`~marginwatch.engine.errors.QualityGateError` ("not
-assessable", each reason with its value and threshold) for an image that fails. The daemon batches the tiles of several
-images between the two; :func:`assess` runs the three in a row, a chunk at a time.
+assessable", each reason with its value and threshold) for an image that fails. The
+daemon batches the tiles of several images between the two; :func:`assess` runs the
+three in a row, a chunk at a time.
 
 Axis order at the boundaries: source arrays (H, W, C); tiles (T, 3, H, W); heatmap and
 overview (H / scale, W / scale).

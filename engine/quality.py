@@ -349,9 +349,9 @@ def tile_focus(tiles: torch.Tensor, masks: torch.Tensor) -> list[float | None]:
     green channel (the nuclear contrast of digital H&E) reduced ``FOCUS_DOWNSAMPLE``
     times: the energy of the finest detail against that of all edges, so it does not
     depend on contrast (faint and bright scans of the same sharp tissue score alike)
-    nor on the tile's size, and falls as blur removes the fine detail first. ``masks``: (n, S / k, S / k) bool
-    (:func:`tile_masks` at the reduced size). None where fewer than ``MIN_MEASURE_PX``
-    tissue pixels remain.
+    nor on the tile's size, and falls as blur removes the fine detail first.
+    ``masks``: (n, S / k, S / k) bool (:func:`tile_masks` at the reduced size). None
+    where fewer than ``MIN_MEASURE_PX`` tissue pixels remain.
     """
     if len(tiles) == 0:
         return []

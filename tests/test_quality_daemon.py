@@ -14,10 +14,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from daemon_support import MARGINWATCH, Daemon, all_final, assert_audit_ok, query, wait_for
 from marginwatch.engine.prediction import DEMO_MODEL_DIR
 from marginwatch.tools._degrade import degrade
 from marginwatch.tools.synth import generate_image, write_image
-from test_daemon_support import MARGINWATCH, Daemon, all_final, assert_audit_ok, query, wait_for
+
 
 
 def _scans(staging: Path) -> tuple[Path, Path]:

@@ -109,7 +109,9 @@ def degrade(
 
 
 def _glass(shape: tuple[int, ...], rng: np.random.Generator, noise: float) -> np.ndarray:
-    return rng.normal(0.0, noise, shape).astype(np.float32) if noise else np.zeros(shape, np.float32)
+    if not noise:
+        return np.zeros(shape, np.float32)
+    return rng.normal(0.0, noise, shape).astype(np.float32)
 
 
 def _bubbles(
