@@ -20,7 +20,6 @@ from marginwatch.tools._degrade import degrade
 from marginwatch.tools.synth import generate_image, write_image
 
 
-
 def _scans(staging: Path) -> tuple[Path, Path]:
     image = generate_image(np.random.default_rng(21), "benign", kind="benign")
     clean = write_image(staging / "clean.tif", image)
