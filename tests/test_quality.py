@@ -25,7 +25,7 @@ from marginwatch.engine.errors import (
     NoTissueError,
     QualityGateError,
 )
-from marginwatch.engine.prediction import DEMO_MODEL_DIR
+from marginwatch.models import demo_model_dir
 from marginwatch.engine.quality import CHECKS, SHIPPED_THRESHOLDS, effective_thresholds
 from marginwatch.tools._degrade import DEGRADATIONS, degrade
 from marginwatch.tools._quality_thresholds import derive_thresholds, measure_image
@@ -46,7 +46,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def demo_model():  # noqa: ANN201
-    return load_model(DEMO_MODEL_DIR)
+    return load_model(demo_model_dir())
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from daemon_support import MARGINWATCH, Daemon, all_final, assert_audit_ok, query, wait_for
-from marginwatch.engine.prediction import DEMO_MODEL_DIR
+from marginwatch.models import demo_model_dir
 from marginwatch.tools._degrade import degrade
 from marginwatch.tools.synth import generate_image, write_image
 
@@ -34,7 +34,7 @@ def test_blurred_scan_ends_not_assessable_in_db_audit_and_dashboard(tmp_path: Pa
     for folder in (watch, work, staging):
         folder.mkdir()
     clean, blur = _scans(staging)
-    daemon = Daemon(work, watch, DEMO_MODEL_DIR, daemon={"rescan_seconds": 60.0})
+    daemon = Daemon(work, watch, demo_model_dir(), daemon={"rescan_seconds": 60.0})
     with daemon:
         daemon.start().wait_ready(timeout=120)
         (watch / "case-01").mkdir()

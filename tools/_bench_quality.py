@@ -60,7 +60,7 @@ def _caught(result) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     from marginwatch.engine.model import load_model
-    from marginwatch.engine.prediction import DEMO_MODEL_DIR
+    from marginwatch.models import demo_model_dir
     from marginwatch.engine.quality import effective_thresholds
 
     from ._quality_thresholds import derive_thresholds, measure_image
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=60)
     ap.add_argument("--train-images", type=int, default=60)
-    ap.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
+    ap.add_argument("--model", type=Path, default=demo_model_dir())
     ap.add_argument("--sheet", type=Path, default=None)
     ap.add_argument("--derive", action="store_true")
     ap.add_argument("--workers", type=int, default=2)

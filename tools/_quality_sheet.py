@@ -19,9 +19,9 @@ __all__ = ["render_quality_sheet"]
 def _preview(path: str) -> np.ndarray:
     from marginwatch.engine.assessment import prepare
     from marginwatch.engine.model import load_model
-    from marginwatch.engine.prediction import DEMO_MODEL_DIR
+    from marginwatch.models import demo_model_dir
 
-    model = load_model(DEMO_MODEL_DIR)
+    model = load_model(demo_model_dir())
     with prepare(path, model) as prepared:
         return prepared.preview_rgb
 
