@@ -25,8 +25,8 @@ from marginwatch.engine.errors import (
     NoTissueError,
     QualityGateError,
 )
-from marginwatch.models import demo_model_dir
 from marginwatch.engine.quality import CHECKS, SHIPPED_THRESHOLDS, effective_thresholds
+from marginwatch.models import demo_model_dir
 from marginwatch.tools._degrade import DEGRADATIONS, degrade
 from marginwatch.tools._quality_thresholds import derive_thresholds, measure_image
 from marginwatch.tools.synth import generate_image, write_image

@@ -60,8 +60,8 @@ def _caught(result) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     from marginwatch.engine.model import load_model
-    from marginwatch.models import demo_model_dir
     from marginwatch.engine.quality import effective_thresholds
+    from marginwatch.models import demo_model_dir
 
     from ._quality_thresholds import derive_thresholds, measure_image
 
