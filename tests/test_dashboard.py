@@ -158,6 +158,7 @@ def test_no_database_yet(tmp_path: Path, width: int, height: int) -> None:
         _fits(frame, width, height)
         assert "DATABASE NOT READABLE" in frame and "no such database file" in frame
         assert not db.exists()  # read-only: never creates it
+        db.parent.mkdir()  # the daemon makes its state_dir, then the database in it
         with Store.open(db, upgrade=True) as store:  # the daemon creates it later
             _daemon_started(store)
         assert source.snapshot().db_problem is None  # the same source picks it up
