@@ -34,6 +34,9 @@ from scipy.spatial import cKDTree
 __all__ = ["Style", "TissueFields", "draw_tissue"]
 
 KINDS = ("benign", "atrophy", "tumour-margin", "tumour-focal", "tumour-inside")
+FOCUS_AT_EDGE_UM = 40.0  # "at the margin": focus centre at most this deep from the edge
+AT_INK_UM = 15.0  # ... and its first glands centred within this of the edge (on the ink)
+INSIDE_MIN_EDGE_UM = 350.0  # "tumour-inside": no tumour gland centre nearer the edge
 
 
 @dataclass(frozen=True)
@@ -434,7 +437,11 @@ def draw_tissue(
         fat_region = (blob > rng.uniform(1.4, 2.0)) & inside
     muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
 
-    # tumour focus: where tumour glands go; touching the edge unless "tumour-inside"
+    # tumour focus: where tumour glands go. The label must be decidable from the pixels
+    # (docs/synthetic-data.md): "at the margin" foci are centred on the ink (at most
+    # FOCUS_AT_EDGE_UM deep) and their first glands are placed touching it; a
+    # "tumour-inside" focus is cut back so that no tumour comes closer to the ink than
+    # INSIDE_MIN_EDGE_UM. Between the two lies a wide gap that no image falls into.
     focus = np.zeros(shape, bool)
     if kind.startswith("tumour"):
         noise = smooth_noise(rng, shape, c.px(80))
@@ -442,13 +449,15 @@ def draw_tissue(
             depth_um = min(rng.uniform(450, 700), 0.7 * min(shape) * um_per_px)
             mask = (edge > c.px(depth_um)) & (edge < c.px(depth_um + 400))
         else:
-            mask = inside & (edge < c.px(rng.uniform(100, 180)))
+            mask = inside & (edge < c.px(FOCUS_AT_EDGE_UM))
         ys, xs = np.nonzero(mask & ~fat_region) if (mask & ~fat_region).any() else np.nonzero(mask)
         i = rng.integers(ys.size)
         radius_um = rng.uniform(60, 110) if kind == "tumour-focal" else rng.uniform(200, 450)
         yy, xx = np.ogrid[: shape[0], : shape[1]]
         r = np.hypot((yy - ys[i]) * um_per_px, (xx - xs[i]) * um_per_px)
         focus = (r + 40 * noise < radius_um) & inside & ~fat_region
+        if kind == "tumour-inside":
+            focus &= edge > c.px(INSIDE_MIN_EDGE_UM)
 
     # atrophic lobules (mimic), also sometimes in other kinds
     atrophy = np.zeros(shape, bool)
@@ -487,11 +496,16 @@ def draw_tissue(
         )
         placed = 0
         coords = np.nonzero(focus)
-        for _ in range(n_tumour * 3):
-            if placed >= n_tumour:
+        at_ink = focus & (edge < c.px(AT_INK_UM))
+        # at the margin: the first glands go at the ink (two of them, so one lost to the
+        # spacing rule still leaves tumour touching it); never fewer than 3 placed
+        ink_coords = np.nonzero(at_ink) if kind != "tumour-inside" and at_ink.any() else coords
+        for attempt in range(n_tumour * 6):
+            if placed >= n_tumour or (attempt >= n_tumour * 3 and placed >= 3):
                 break
             r0 = c.px(rng.uniform(3, 11)) if rng.random() < 0.85 else c.px(1.0)
-            pos = _place(rng, c, coords, r0 + c.px(12), c.px(rng.uniform(1, 6)), tries=10)
+            where = ink_coords if placed < 2 else coords
+            pos = _place(rng, c, where, r0 + c.px(12), c.px(rng.uniform(1, 6)), tries=10)
             if pos is None:
                 continue
             c.circles.append((pos[0], pos[1], r0 + c.px(12)))
