@@ -610,39 +610,49 @@ def synth(
 def train(
     manifest: Annotated[Path, typer.Argument(help="CSV: path,label,patient_id,centre.")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
-    arch: Annotated[str, typer.Option(help="Backbone.")] = "mobilenet_v3_small",
-    input_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 896,
-    um_per_px: Annotated[float, typer.Option(help="Model pixel size in micrometres.")] = 1.0,
-    profile: Annotated[str, typer.Option(help="grey | reflectance+fluorescence | rgb")] = "grey",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Epochs without val AUC gain.")] = 8,
-    val_fraction: Annotated[float, typer.Option(help="Share of images for validation.")] = 0.15,
-    test_fraction: Annotated[float, typer.Option(help="Internal test share.")] = 0.21,
-    target_sensitivity: Annotated[float, typer.Option(help="Chooses the threshold.")] = 0.90,
+    preset: Annotated[str, typer.Option(
+        help="paper (the study's recipe, for a site's own data) | demo (the CPU recipe of "
+        "the synthetic demo model; docs/training.md). Options given explicitly win.")] = "paper",
+    arch: Annotated[str | None, typer.Option(help="Backbone [paper: mobilenet_v3_small].")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Model input side, px [896].")] = None,
+    um_per_px: Annotated[float | None, typer.Option(help="Model pixel size, um [1.0].")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="grey | reflectance+fluorescence | rgb [grey]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs [30].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step [8].")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW peak learning rate [1e-3].")] = None,
+    patience: Annotated[int | None, typer.Option(help="Epochs without val AUC gain [8].")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Validation share [0.15].")] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="Internal test share [0.21].")] = None,
+    target_sensitivity: Annotated[float | None, typer.Option(
+        help="Chooses the threshold [0.90].")] = None,
+    tile_selection: Annotated[str | None, typer.Option(
+        help="random | top (multiple-instance: train on each image's top tile) [random].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of split, init, sampling, augmentation.")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     pretrained: Annotated[Path | None, typer.Option(help="Local safetensors.")] = None,
     max_train_images: Annotated[int | None, typer.Option(help="Subsample train.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Time budget.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Time budget of the epochs.")] = None,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, jitter.")] = True,
-    synthetic_demo: Annotated[bool, typer.Option(help="Card: synthetic_demo.")] = False,
+    synthetic_demo: Annotated[bool | None, typer.Option(
+        "--synthetic-demo/--no-synthetic-demo", help="Card: synthetic_demo.",
+        show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Train a margin model (focal loss, label smoothing, weighted sampling; research use)."""
     from marginwatch.engine.config import load_config
-    from marginwatch.tools import TrainOptions, preflight
+    from marginwatch.tools import preflight, preset_options
 
     def _run() -> None:
-        options = TrainOptions(
-            architecture=arch, input_size_px=input_size, um_per_px=um_per_px, profile=profile,
-            epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+        options = preset_options(
+            preset, architecture=arch, input_size_px=input_size, um_per_px=um_per_px,
+            profile=profile, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
             val_fraction=val_fraction, test_fraction=test_fraction,
-            target_sensitivity=target_sensitivity, seed=seed, device=device,
-            pretrained=str(pretrained) if pretrained else None, max_train_images=max_train_images,
-            max_minutes=max_minutes, augment=augment, synthetic_demo=synthetic_demo,
+            target_sensitivity=target_sensitivity, tile_selection=tile_selection, seed=seed,
+            device=device, pretrained=str(pretrained) if pretrained else None,
+            max_train_images=max_train_images, max_minutes=max_minutes, augment=augment,
+            synthetic_demo=synthetic_demo,
         )
         cfg = load_config(config)
         preflight(manifest, options)  # bad input fails here, before torch is imported

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "write_sidecar": "_synth_cases",
     "TrainOptions": "_options",  # no torch: the CLI checks options before loading it
     "preflight": "_options",
+    "preset_options": "_options",
     "train": "train",
     "evaluate": "evaluate",
     "run_export": "export",

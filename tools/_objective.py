@@ -12,7 +12,12 @@
   [0.25, 4], normalised to mean 1. Only training data drive them; validation is for
   early stopping and calibration.
 - :func:`fit_temperature`: temperature scaling (Guo et al. 2017) on validation logits,
-  minimising the negative log-likelihood over ``T`` in [0.05, 20].
+  minimising the negative log-likelihood over ``T`` in :data:`TEMPERATURE_RANGE`
+  ([0.01, 100]; the first demo model's optimum lay below the old lower bound 0.05:
+  its logits were tiny, and label smoothing alone bounds confident logits near
+  log(19) = 2.9, so a well-trained model may want T < 1 too). A fit that lands on a
+  bound is reported by training (``temperature_at_bound``): the range did not hold
+  the optimum, and the probabilities are not calibrated.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AdaptiveClassWeights", "FocalLoss", "fit_temperature"]
+__all__ = ["TEMPERATURE_RANGE", "AdaptiveClassWeights", "FocalLoss", "fit_temperature"]
+
+TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 class FocalLoss(nn.Module):
@@ -110,7 +117,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(logits / math.exp(log_t), labels))
 
-    grid = np.linspace(math.log(0.05), math.log(20.0), 61)
+    low, high = TEMPERATURE_RANGE
+    grid = np.linspace(math.log(low), math.log(high), 81)
     values = [nll(x) for x in grid]
     i = int(np.argmin(values))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]

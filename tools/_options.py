@@ -1,8 +1,12 @@
 """Training options and the checks that run before torch is imported.
 
-:class:`TrainOptions` holds every training choice with its default; :func:`preflight`
-validates the manifest and finds the patient split, so that ``marginwatch train``
-refuses bad input in a second, before loading torch or reading a single image.
+:class:`TrainOptions` holds every training choice with its default (the paper's recipe,
+for a site's own data); :data:`PRESETS` names other sets of choices, of which ``demo``
+is the CPU recipe of the bundled synthetic demo model (docs/training.md), and
+:func:`preset_options` builds options from a preset plus explicit overrides.
+:func:`preflight` validates the manifest and finds the patient split, so that
+``marginwatch train`` refuses bad input in a second, before loading torch or reading a
+single image.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from marginwatch.engine.errors import ConfigError
 from ._manifest import Manifest, load_manifest
 from ._splits import Split, split_by_patient
 
-__all__ = ["TrainOptions", "preflight"]
+__all__ = ["PRESETS", "TrainOptions", "preflight", "preset_options"]
+
+TILE_SELECTIONS = ("random", "top")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class TrainOptions:
     max_train_images: int | None = None  # subsample the train split (time budgets)
     max_minutes: float | None = None  # stop at the first epoch end past this
     augment: bool = True
+    tile_selection: str = "random"  # random | top (multiple-instance; tools/_trainer.py)
     synthetic_demo: bool = False
     description: str = ""
 
@@ -59,6 +66,7 @@ class TrainOptions:
             "target_sensitivity": 0 < self.target_sensitivity <= 1,
             "max_train_images": self.max_train_images is None or self.max_train_images >= 2,
             "max_minutes": self.max_minutes is None or self.max_minutes >= 0,
+            "tile_selection": self.tile_selection in TILE_SELECTIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -67,6 +75,38 @@ class TrainOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The demo recipe (docs/training.md): one 256 px field at 4 um/px covers a whole 1024 um
+# synthetic scan (margin, ink and context in one view, so the image label is the tile
+# label), a fast small backbone, batch 16, a higher peak rate, and top-tile selection
+# for the external centre's larger scans, which need several tiles.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "demo": {
+        "architecture": "mobilenet_v3_small",
+        "input_size_px": 256,
+        "um_per_px": 4.0,
+        "dropout": 0.2,
+        "epochs": 40,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "patience": 12,
+        "label_smoothing": 0.05,
+        "test_fraction": 0.1,
+        "tile_selection": "top",
+        "max_minutes": 45.0,
+        "synthetic_demo": True,
+    },
+}
+
+
+def preset_options(name: str, **overrides: Any) -> TrainOptions:
+    """``TrainOptions`` of preset ``name`` with ``overrides`` (None values are ignored)."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r}: expected one of {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TrainOptions(**{**PRESETS[name], **given})
 
 
 def preflight(manifest_path: str | Path, options: TrainOptions) -> tuple[Manifest, Split]:

@@ -22,6 +22,7 @@ from . import metrics  # noqa: E402
 __all__ = [
     "PAPER",
     "GalleryItem",
+    "plot_learning_curves",
     "plot_reliability",
     "plot_roc",
     "write_gallery",
@@ -43,6 +44,32 @@ _LABELS = {
     "brier": "Brier score",
     "ece": "ECE (10 bins)",
 }
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Training loss, validation AUC and validation Brier score (temperature 1) per epoch
+    from ``training.json``'s history, as one PNG of three panels."""
+    epochs = [h["epoch"] for h in history]
+
+    def series(key: str) -> list[float]:
+        return [math.nan if h.get(key) is None else float(h[key]) for h in history]
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=110)
+    panels = (
+        ("loss", "Training loss (focal, weighted)", None),
+        ("val_auc", "Validation AUC (image level)", (0.0, 1.02)),
+        ("val_brier", "Validation Brier score (T = 1)", (0.0, None)),
+    )
+    for ax, (key, title, ylim) in zip(axes, panels, strict=True):
+        ax.plot(epochs, series(key), marker="o", ms=3, lw=1.5)
+        ax.set(title=title, xlabel="epoch")
+        if ylim is not None:
+            ax.set_ylim(bottom=ylim[0], top=ylim[1])
+        ax.grid(alpha=0.3)
+    fig.suptitle("marginwatch train: learning curves (research use)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_roc(sets: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:

@@ -33,48 +33,28 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from marginwatch.engine.config import Config, EngineConfig, load_config
+from marginwatch.engine.config import Config, load_config
 from marginwatch.engine.errors import ConfigError, ModelError
 from rich.console import Console
-from rich.progress import Progress, TextColumn
+from rich.progress import Progress, TextColumn, TimeRemainingColumn
 
 from . import metrics
-from ._augment import Augmentation
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._dataset import TileCache, aggregate_images, build_cache
+from ._dataset import aggregate_images, build_cache
 from ._input_reference import input_reference
 from ._manifest import Manifest
-from ._objective import AdaptiveClassWeights, FocalLoss, fit_temperature
+from ._objective import TEMPERATURE_RANGE, fit_temperature
 from ._options import TrainOptions, preflight
 from ._pretrained import load_pretrained
 from ._progress import progress_bar
 from ._splits import Split
+from ._trainer import Trainer
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
-
-# Options that must match for --resume to continue a run (the rest may change).
-_RESUME_KEYS = (
-    "architecture",
-    "input_size_px",
-    "um_per_px",
-    "profile",
-    "dropout",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "focal_gamma",
-    "label_smoothing",
-    "val_fraction",
-    "test_fraction",
-    "seed",
-    "max_train_images",
-)
 
 
 @dataclass(frozen=True)
@@ -136,208 +116,19 @@ def _subsample(
     return sorted(keep_pos + [int(i) for i in keep_neg])
 
 
-class _Trainer:
-    """The loop over epochs; state that a checkpoint must carry lives here."""
+def _epoch_text(epoch: int, epochs: int) -> str:
+    return f"epoch {epoch}/{epochs}"
 
-    def __init__(
-        self,
-        options: TrainOptions,
-        model: Any,
-        train: TileCache,
-        val: TileCache,
-        engine: EngineConfig,
-        device: torch.device,
-    ) -> None:
-        self.options = options
-        self.model = model
-        self.train_set = train
-        self.val_set = val
-        self.engine = engine
-        self.device = device
-        self.network = model.train_module().to(device)
-        self.optimizer = torch.optim.AdamW(
-            self.network.parameters(), lr=options.lr, weight_decay=options.weight_decay
-        )
-        self.loss = FocalLoss(options.focal_gamma, options.label_smoothing)
-        counts = np.bincount(train.labels, minlength=2)
-        self.class_weights = AdaptiveClassWeights((int(counts[0]), int(counts[1])))
-        self.sampler_rng = torch.Generator().manual_seed(options.seed)
-        self.augment_rng = torch.Generator().manual_seed(options.seed + 1)
-        self.augment = Augmentation() if options.augment else Augmentation.none()
-        card = model.card
-        self.mean = torch.tensor(card.normalisation.mean, device=device)[:, None, None]
-        self.std = torch.tensor(card.normalisation.std, device=device)[:, None, None]
-        self.steps_per_epoch = max(1, math.ceil(len(train) / options.batch_size))
-        self.epoch = 0
-        self.best_auc = -math.inf
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[dict[str, Any]] = []
-        self.skipped: dict[str, list[str]] = {}
 
-    # --- pieces -------------------------------------------------------------------
-    def _lr(self, step: int) -> float:
-        """Linear warm-up over the first epoch, then cosine decay to 1 % at the end."""
-        total = self.options.epochs * self.steps_per_epoch
-        if step < self.steps_per_epoch:
-            return self.options.lr * (step + 1) / self.steps_per_epoch
-        progress = (step - self.steps_per_epoch) / max(1, total - self.steps_per_epoch)
-        return self.options.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-    def _normalise(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
-        return (rgb_uint8.to(self.device).float() / 255.0 - self.mean) / self.std
-
-    def _draws(self) -> list[int]:
-        """Image indices of one epoch: each class drawn with equal probability."""
-        labels = self.train_set.labels
-        counts = np.bincount(labels, minlength=2).astype(float)
-        weights = torch.tensor(1.0 / counts[labels], dtype=torch.double)
-        sampler = torch.utils.data.WeightedRandomSampler(
-            weights, num_samples=len(labels), replacement=True, generator=self.sampler_rng
-        )
-        return list(sampler)
-
-    @torch.inference_mode()
-    def tile_logits(self, cache: TileCache) -> torch.Tensor:
-        """(M, 2) logits of every cached tile, eval mode, no augmentation."""
-        network = self.model.torch_module()
-        out = []
-        for start in range(0, len(cache.tiles), self.options.batch_size * 2):
-            batch = self._normalise(cache.tiles[start : start + self.options.batch_size * 2])
-            out.append(network(batch).float().cpu())
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def recalibrate_batchnorm(self, batches: int = 8) -> None:
-        """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
-
-        The running averages of a network trained from scratch lag far behind its
-        weights for the first hundreds of steps (they start at mean 0, variance 1), and
-        in eval mode that lag can collapse every input to the same output. Before each
-        validation the statistics are reset and averaged over ``batches`` batches of
-        un-augmented training tiles (a seeded draw per epoch), so evaluation, temperature
-        scaling and the saved model use statistics that match the weights.
-        """
-        norms = [
-            m
-            for m in self.network.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        ]
-        if not norms:
-            return
-        generator = torch.Generator().manual_seed(self.options.seed * 100_003 + self.epoch)
-        count = min(len(self.train_set.tiles), batches * self.options.batch_size)
-        chosen = torch.randperm(len(self.train_set.tiles), generator=generator)[:count]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-        self.network.train()
-        for start in range(0, count, self.options.batch_size):
-            self.network(
-                self._normalise(
-                    self.train_set.tiles[chosen[start : start + self.options.batch_size]]
-                )
-            )
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        self.network.eval()
-
-    def validate(self) -> tuple[float, np.ndarray]:
-        logits = self.tile_logits(self.val_set)
-        image_p, _ = aggregate_images(self.val_set, logits, 1.0, self.engine.aggregation)
-        return metrics.roc_auc(self.val_set.labels, image_p), image_p
-
-    def train_epoch(self, progress: Progress, task: Any) -> float:
-        network = self.model.train_module()
-        draws = self._draws()
-        total, seen = 0.0, 0
-        progress.reset(task, total=self.steps_per_epoch, description=f"epoch {self.epoch + 1}")
-        for step in range(self.steps_per_epoch):
-            images = draws[step * self.options.batch_size : (step + 1) * self.options.batch_size]
-            if not images:
-                break
-            tiles = [self.train_set.random_tile(i, self.sampler_rng) for i in images]
-            rgb = self.augment(self.train_set.tiles[tiles].float() / 255.0, self.augment_rng)
-            batch = ((rgb.to(self.device) - self.mean) / self.std).contiguous()
-            labels = torch.as_tensor(
-                self.train_set.labels[images], dtype=torch.long, device=self.device
-            )
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr(self.epoch * self.steps_per_epoch + step)
-            logits = network(batch)
-            per_sample = self.loss.per_sample(
-                logits, labels, self.class_weights.tensor().to(self.device)
-            )
-            loss = per_sample.mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                unweighted = self.loss.per_sample(
-                    logits.detach(), labels, torch.ones(2, device=self.device)
-                )
-            self.class_weights.observe(unweighted, labels)
-            total += float(loss.detach()) * len(images)
-            seen += len(images)
-            progress.update(task, advance=1)
-        self.class_weights.end_epoch()
-        return total / max(1, seen)
-
-    # --- checkpoints ----------------------------------------------------------------
-    def state(
-        self, options: TrainOptions, manifest_sha256: str, stopped: str | None
-    ) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "best_auc": self.best_auc if math.isfinite(self.best_auc) else None,
-            "best_epoch": self.best_epoch,
-            "class_weights": self.class_weights.state(),
-            "history": self.history,
-            "options": options.as_dict(),
-            "manifest_sha256": manifest_sha256,
-            "stopped": stopped,
-        }
-
-    def save(
-        self, folder: Path, options: TrainOptions, manifest_sha256: str, stopped: str | None
-    ) -> None:
-        save_checkpoint(
-            folder,
-            network=self.network,
-            best_state=self.best_state,
-            optimizer=self.optimizer,
-            generators={"sampler": self.sampler_rng, "augment": self.augment_rng},
-            state=self.state(options, manifest_sha256, stopped),
-        )
-
-    def resume(self, folder: Path, options: TrainOptions, manifest_sha256: str) -> str | None:
-        state, best = load_checkpoint(
-            folder,
-            network=self.network,
-            optimizer=self.optimizer,
-            generators={"sampler": self.sampler_rng, "augment": self.augment_rng},
-        )
-        if state["manifest_sha256"] != manifest_sha256:
-            raise ModelError(
-                f"{folder}: the checkpoint was trained on another manifest; cannot resume"
-            )
-        changed = [k for k in _RESUME_KEYS if state["options"].get(k) != getattr(options, k)]
-        if changed:
-            before = ", ".join(f"{k}={state['options'].get(k)!r}" for k in changed)
-            raise ModelError(
-                f"{folder}: cannot resume with different {', '.join(changed)} "
-                f"(checkpoint: {before})"
-            )
-        self.epoch = state["epoch"]
-        self.best_auc = state["best_auc"] if state["best_auc"] is not None else -math.inf
-        self.best_epoch = state["best_epoch"]
-        self.class_weights.load_state(state["class_weights"])
-        self.history = state["history"]
-        self.best_state = best
-        stopped = state.get("stopped")
-        # A time budget pauses a run; --resume is the request to go on.
-        return None if stopped and stopped.startswith("time budget") else stopped
+def _epoch_progress(console: Console) -> Progress:
+    """The training bar: epoch, steps over all epochs, elapsed, ETA, loss and val AUC."""
+    return progress_bar(
+        console,
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+    )
 
 
 def _check_out(out: Path, resume: bool) -> Path:
@@ -423,7 +214,7 @@ def train(
         f"(read in {read_seconds:.0f} s)"
     )
 
-    trainer = _Trainer(options, model, caches["train"], caches["val"], engine, device)
+    trainer = Trainer(options, model, caches["train"], caches["val"], engine, device)
     trainer.skipped = skipped
     stopped = trainer.resume(checkpoint, options, manifest.sha256) if resume else None
     if resume:
@@ -431,16 +222,23 @@ def train(
     _write_split_manifests(out / "splits", manifest, split)
     loop_started = time.perf_counter()
     previous = sum(h["seconds"] for h in trainer.history)
-    with progress_bar(console, TextColumn("{task.fields[info]}"), transient=False) as bar:
-        task = bar.add_task("epoch", total=trainer.steps_per_epoch, info="")
+    with _epoch_progress(console) as bar:
+        total_steps = options.epochs * trainer.steps_per_epoch
+        task = bar.add_task(
+            _epoch_text(trainer.epoch + 1, options.epochs),
+            total=total_steps,
+            completed=min(total_steps, trainer.epoch * trainer.steps_per_epoch),
+            info="",
+        )
         while stopped is None:
             if trainer.epoch >= options.epochs:
                 stopped = f"reached {options.epochs} epochs"
                 break
+            bar.update(task, description=_epoch_text(trainer.epoch + 1, options.epochs))
             epoch_started = time.perf_counter()
             loss = trainer.train_epoch(bar, task)
             trainer.recalibrate_batchnorm()
-            auc, _ = trainer.validate()
+            auc, brier = trainer.validate()
             trainer.epoch += 1
             improved = not math.isnan(auc) and auc > trainer.best_auc
             if improved:
@@ -454,17 +252,20 @@ def train(
                     "epoch": trainer.epoch,
                     "loss": round(loss, 5),
                     "val_auc": None if math.isnan(auc) else round(auc, 5),
+                    "val_brier": None if math.isnan(brier) else round(brier, 5),
                     "lr": trainer.optimizer.param_groups[0]["lr"],
                     "class_weights": trainer.class_weights.state(),
                     "seconds": round(seconds, 1),
                 }
             )
             bar.update(
-                task, info=f"loss {loss:.4f}  val AUC {auc:.3f}  best {trainer.best_auc:.3f}"
+                task,
+                completed=trainer.epoch * trainer.steps_per_epoch,
+                info=f"loss {loss:.4f}  val AUC {auc:.3f}  best {trainer.best_auc:.3f}",
             )
             console.print(
-                f"epoch {trainer.epoch:3d}  loss {loss:.4f}  val AUC {auc:.3f}"
-                f"{'  *' if improved else ''}  {seconds:.0f} s"
+                f"epoch {trainer.epoch:3d}  loss {loss:.4f}  val AUC {auc:.3f}  "
+                f"val Brier {brier:.3f}{'  *' if improved else ''}  {seconds:.0f} s"
             )
             if trainer.epoch - trainer.best_epoch >= options.patience:
                 stopped = f"early stop: no validation AUC gain for {options.patience} epochs"
@@ -487,7 +288,7 @@ def _finalise(
     options: TrainOptions,
     manifest: Manifest,
     split: Split,
-    trainer: _Trainer,
+    trainer: Trainer,
     stopped: str,
     started: float,
     read_seconds: float,
@@ -504,6 +305,13 @@ def _finalise(
     logits = trainer.tile_logits(val)
     _, driving = aggregate_images(val, logits, 1.0, trainer.engine.aggregation)
     temperature = fit_temperature(driving, torch.as_tensor(val.labels))
+    low, high = TEMPERATURE_RANGE
+    at_bound = not low * 1.01 < temperature < high / 1.01
+    if at_bound:
+        console.print(
+            f"[yellow]temperature {temperature:.4g} is at a bound of its search range "
+            f"{list(TEMPERATURE_RANGE)}: the probabilities are not calibrated"
+        )
     val_p, _ = aggregate_images(val, logits, temperature, trainer.engine.aggregation)
     threshold = metrics.threshold_for_sensitivity(val.labels, val_p, options.target_sensitivity)
     threshold = float(np.clip(threshold if not math.isnan(threshold) else 0.5, 1e-4, 1 - 1e-4))
@@ -540,7 +348,7 @@ def _finalise(
     seconds = time.perf_counter() - started
     record = {
         "options": options.as_dict(),
-        "manifest": str(manifest.source),
+        "manifest": manifest.source.name,  # no machine paths in the artefact
         "manifest_sha256": manifest.sha256,
         "split_patients": split.as_dict(manifest),
         "split_images": {n: len(split.indices(n)) for n in ("train", "val", "test")},
@@ -553,6 +361,8 @@ def _finalise(
         "best_epoch": trainer.best_epoch,
         "stopped": stopped,
         "temperature": temperature,
+        "temperature_search_range": list(TEMPERATURE_RANGE),
+        "temperature_at_bound": at_bound,
         "threshold": threshold,
         "validation": {k: (None if math.isnan(v) else v) for k, v in val_metrics.items()},
         "seconds": {
@@ -566,6 +376,10 @@ def _finalise(
         "model_digest": model.digest,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    if trainer.history:
+        from ._report import plot_learning_curves
+
+        plot_learning_curves(trainer.history, out / "learning-curves.png")
     console.print(
         f"model: {out} (digest {model.digest[:12]}), temperature {temperature:.3f}, "
         f"threshold {threshold:.4f}, val sensitivity {val_metrics['val_sensitivity']:.3f}, "
