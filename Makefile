@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint fuzz clean
+.PHONY: demo test bench lint fuzz clean model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The demo model's recipe (docs/training.md): synthetic training scans, then
+# `marginwatch train --preset demo` on the CPU (about an hour on 2 cores). Evaluate on
+# fresh seeds with `marginwatch evaluate` as docs/training.md shows.
+MODEL_DATA ?= build/demo-data
+MODEL_OUT  ?= build/demo-model
+model: $(STAMP)
+	$(BIN)/marginwatch synth $(MODEL_DATA)/train --images 400 --tumour-fraction 0.35 \
+		--patients 40 --seed 101 --workers 2 --force
+	OMP_NUM_THREADS=2 $(BIN)/marginwatch train $(MODEL_DATA)/train/manifest.csv \
+		--out $(MODEL_OUT) --preset demo $(TRAIN_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/marginwatch bench --device cpu
@@ -36,4 +47,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .fuzz
+	rm -rf $(VENV) demo build .pytest_cache .fuzz

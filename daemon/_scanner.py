@@ -8,8 +8,10 @@ A case is scanned face by face (apex, base, posterolateral, anterolateral, anter
 posterior): the location is in each name, and every second scan also has a sidecar
 JSON written before its image lands (:mod:`marginwatch.tools._synth_cases`), so the
 dashboard's case panel fills up face by face.
-Images come from the synthetic generator (:mod:`marginwatch.tools.synth`), small enough
-to be assessed in a second or two on a CPU.
+Images come from the synthetic generator (:mod:`marginwatch.tools.synth`); the demo
+writes them at the size the demo model was trained on (``DEMO_SCAN_PX`` in demo.py), and
+each file's truth (``kind``) is kept so the demo's summary can count which tumour and
+benign scans raised a tumour alert.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ __all__ = ["DemoSummary", "demo_root", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_SCAN_PX = 512
+# The scans the demo model was trained on (docs/training.md): 1024 px at the synthetic
+# development centre's 1 um/px, grey profile; one 256 px model field at 4 um/px each.
+DEMO_SCAN_PX = 1024
 START_TIMEOUT_SECONDS = 120.0
 STOP_GRACE_SECONDS = 20.0
 
@@ -162,6 +164,8 @@ class DemoSummary:
     failed: int
     pending: int
     alerts: Counter[str]
+    tumour_alerted: tuple[int, int]  # (tumour scans with a tumour alert, tumour scans assessed)
+    benign_alerted: tuple[int, int]  # (benign scans with a tumour alert, benign scans assessed)
     file_to_alert_seconds: list[float]
     file_to_result_seconds: list[float]
     daemon_exit: int | None
@@ -183,6 +187,9 @@ class DemoSummary:
             f"  assessed:       {self.assessed}  duplicate: {self.duplicate}  "
             f"failed (not assessed): {self.failed}  still queued: {self.pending}",
             f"  alerts:         {alerts}",
+            f"  truth:          {self.tumour_alerted[0]} of {self.tumour_alerted[1]} tumour "
+            f"scans raised a tumour alert; {self.benign_alerted[0]} of {self.benign_alerted[1]} "
+            "benign scans did",
             f"  file -> alert:  {stats(self.file_to_alert_seconds)}",
             f"  file -> result: {stats(self.file_to_result_seconds)}",
             f"  daemon exit:    {self.daemon_exit}",
@@ -224,8 +231,18 @@ def _summary(db: Path, scanner: SimulatedScanner, daemon_exit: int | None,
                  for r in rows if r.finished_at is not None and r.rel_path in landed]
     to_alert = [(a.raised_at - landed[a.rel_path]).total_seconds()
                 for a in alerts if a.rel_path in landed]
+    assessed = {r.rel_path for r in rows if r.state == "done"}
+    tumour_alert = {a.rel_path for a in alerts if a.kind == "tumour-at-margin"}
+
+    def alerted(kind: str) -> tuple[int, int]:
+        """(scans of ``kind`` with a tumour alert, scans of ``kind`` assessed): the
+        simulated scanner knows the truth of each file it wrote."""
+        written = {f.rel_path for f in scanner.files() if f.kind == kind} & assessed
+        return len(written & tumour_alert), len(written)
+
     return DemoSummary(
         files=Counter(f.kind for f in scanner.files()),
+        tumour_alerted=alerted("tumour"), benign_alerted=alerted("benign"),
         assessed=by_state.get("done", 0), duplicate=by_state.get("duplicate", 0),
         failed=by_state.get("failed", 0),
         pending=by_state.get("pending", 0) + by_state.get("processing", 0),

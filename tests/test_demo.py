@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from marginwatch.daemon._scanner import BROKEN_AT, SimulatedScanner, plan
+from marginwatch.daemon._scanner import BROKEN_AT, IMAGES_PER_CASE, SimulatedScanner, plan
 from marginwatch.storage import Store
 
 MARGINWATCH = str(Path(sys.executable).with_name("marginwatch"))
@@ -50,6 +51,9 @@ def test_demo_duration_assesses_and_alerts(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "marginwatch demo summary" in out and "files written" in out
+    counted = re.search(r"(\d+) of (\d+) tumour scans raised a tumour alert; "
+                      r"(\d+) of (\d+) benign scans did", out)
+    assert counted, out
     assert "SYNTHETIC DEMO MODEL" in out or "models/demo" in out
     db = root / "state" / "marginwatch.db"
     with Store.open(db, readonly=True) as store:
@@ -61,6 +65,21 @@ def test_demo_duration_assesses_and_alerts(tmp_path: Path) -> None:
     assert "failed" in states  # the broken file: not assessed, never negative
     kinds = {a.kind for a in alerts}
     assert "not-assessed" in kinds
+    # the truth line counts what the database holds, by the scanner's plan of each file
+    tumour_alerts = {a.rel_path for a in alerts if a.kind == "tumour-at-margin"}
+    done = [r.rel_path for r in rows if r.state == "done"]
+
+    def truth(rel: str) -> str:  # case-CC/scan-SSS_LOC.tif: the scanner's index, then plan()
+        case, name = rel.split("/")
+        scan = int(name.split("-")[1].split("_")[0])
+        return plan((int(case.split("-")[1]) - 1) * IMAGES_PER_CASE + scan - 1)
+
+    truth_of = {rel: truth(rel) for rel in done}
+    expected = []
+    for kind in ("tumour", "benign"):
+        scans = [rel for rel in done if truth_of[rel] == kind]
+        expected += [sum(rel in tumour_alerts for rel in scans), len(scans)]
+    assert [int(g) for g in counted.groups()] == expected, out
     assert beat is not None and beat.status == "stopped"  # the daemon stopped cleanly
     assert "daemon exit:    0" in out
     # nothing left running: no daemon process watching this demo folder
