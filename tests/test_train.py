@@ -16,6 +16,7 @@ from marginwatch.engine.model import build_model, load_model
 from marginwatch.tools._augment import Augmentation
 from marginwatch.tools._manifest import load_manifest
 from marginwatch.tools._objective import AdaptiveClassWeights, FocalLoss, fit_temperature
+from marginwatch.tools._options import preset_options
 from marginwatch.tools._pretrained import load_pretrained
 from marginwatch.tools.synth import write_dataset
 from marginwatch.tools.train import TrainOptions, train
@@ -62,6 +63,37 @@ def test_train_writes_a_loadable_calibrated_artefact(tiny_data: Path, tmp_path: 
     for name in ("train", "val", "test"):  # split manifests load and resolve to real files
         assert len(load_manifest(out / "splits" / f"{name}.csv")) == record["split_images"][name]
     assert (out / "checkpoint" / "state.json").exists()
+    assert all(h["val_brier"] is not None for h in record["history"])
+    assert record["temperature_search_range"] == [0.01, 100.0]
+    assert record["temperature_at_bound"] is (not 0.0101 < record["temperature"] < 99.0)
+    assert (out / "learning-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("training.json", "model.json"):  # no machine paths in the artefact
+        assert str(tmp_path) not in (out / name).read_text()
+        assert str(tiny_data.parent) not in (out / name).read_text()
+
+
+def test_presets_set_the_demo_recipe_and_explicit_options_win() -> None:
+    demo = preset_options("demo", epochs=3, lr=None)
+    assert (demo.input_size_px, demo.um_per_px, demo.tile_selection) == (256, 4.0, "top")
+    assert demo.epochs == 3 and demo.lr == 2e-3 and demo.synthetic_demo is True
+    assert preset_options("paper") == TrainOptions()
+    with pytest.raises(ConfigError, match="--preset 'fast'"):
+        preset_options("fast")
+    with pytest.raises(ConfigError, match="tile_selection='best'"):
+        TrainOptions(tile_selection="best")
+
+
+def test_top_tile_selection_trains_on_each_image_s_most_tumour_like_tile(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Scans of two model fields (a 32 px model at 4 um/px on 256 px scans: 4 tiles each)
+    train on the top tile from the second epoch; the run is reproducible."""
+    opts = {**TINY, "input_size_px": 32, "epochs": 2, "tile_selection": "top"}
+    a = train(tiny_data, tmp_path / "a", TrainOptions(**opts))
+    b = train(tiny_data, tmp_path / "b", TrainOptions(**opts))
+    assert a.epochs_run == 2 and a.best_val_auc == b.best_val_auc
+    record = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert record["tiles"]["train"] > record["train_images_used"]  # several tiles per image
 
 
 def test_resume_continues_exactly_where_it_stopped(tiny_data: Path, tmp_path: Path) -> None:
@@ -186,6 +218,7 @@ BAD_MANIFESTS = [
     ),
     (["{0},tumour,P1,dev", "{1},benign,P1,ext"], "patient in two centres (P1: dev, ext)"),
     (["{0},tumour,P1,dev", "{1},benign,P2,dev"], "too few patients"),
+    (["{0},tumour,P1,dev", "{1},benign,P1,dev", "{2},benign,P1,dev"], "1 patients"),
 ]
 
 
@@ -212,6 +245,33 @@ def test_cli_refuses_a_bad_manifest_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_cli_refuses_images_of_another_device_profile_before_training(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Grey scans, an rgb model: one line naming the channels, exit 2, no epoch run."""
+    out = tmp_path / "out"
+    proc = _cli(
+        "train",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--profile",
+        "rgb",
+        "--input-size",
+        "64",
+        "--um-per-px",
+        "4",
+        "--val-fraction",
+        "0.25",
+        "--test-fraction",
+        "0.25",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot be used" in proc.stderr and "rgb" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (out / "checkpoint").exists()
 
 
 def test_cli_refuses_unreadable_images_before_training(tmp_path: Path) -> None:

@@ -65,12 +65,16 @@ def _best_val_auc(root: Path, rows: list[tuple[str, str, str]], name: str) -> fl
     return result.best_val_auc
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute on 2 idle cores; a loaded machine is slower
 def test_training_learns_a_small_synthetic_task(task) -> None:
     root, rows = task
     auc = _best_val_auc(root, rows, "true-labels")
     assert auc >= LEARNS_AUC, f"validation AUC {auc:.3f} < {LEARNS_AUC}: training did not learn"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_learning_check_fails_when_labels_are_shuffled(task) -> None:
     """Same images, same recipe, labels permuted: nothing to learn, so the check above
     must not pass (otherwise it would pass for any pipeline that runs)."""
@@ -79,7 +83,8 @@ def test_the_learning_check_fails_when_labels_are_shuffled(task) -> None:
     shuffled = list(np.random.default_rng(3).permutation(labels))
     assert shuffled != labels
     auc = _best_val_auc(
-        root, [(p, str(s), patient) for (p, _, patient), s in zip(rows, shuffled, strict=True)],
+        root,
+        [(p, str(s), patient) for (p, _, patient), s in zip(rows, shuffled, strict=True)],
         "shuffled-labels",
     )
     assert auc < LEARNS_AUC, f"validation AUC {auc:.3f} with shuffled labels: the check is void"
