@@ -43,7 +43,7 @@ __all__ = ["DemoSummary", "demo_root", "run_demo"]
 logger = logging.getLogger(__name__)
 
 # The scans the demo model was trained on (docs/training.md): 1024 px at the synthetic
-# development centre's 1 um/px, grey profile; one 256 px model field at 4 um/px each.
+# development centre's 1 um/px, grey profile; one 128 px model field at 8 um/px each.
 DEMO_SCAN_PX = 1024
 START_TIMEOUT_SECONDS = 120.0
 STOP_GRACE_SECONDS = 20.0
