@@ -269,8 +269,10 @@ def test_cli_refuses_images_of_another_device_profile_before_training(
         "0.25",
     )
     assert proc.returncode == 2, proc.stderr
-    assert "cannot be used" in proc.stderr and "rgb" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    # progress lines (manifest, split) come first; the refusal is the one last line
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "cannot be used" in error and "device profile 'rgb'" in error, proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (out / "checkpoint").exists()
 
 
