@@ -1,4 +1,4 @@
-"""torchvision backbones cut to ``features -> GAP -> dropout -> linear(2)``.
+"""Backbones cut to ``features -> GAP -> dropout -> linear(2)``.
 
 Every architecture ends in the same head so that Grad-CAM is exact without a backward
 pass (engine/inference.py). Layers that a stock classifier has between its pooling and
@@ -11,6 +11,11 @@ its last linear layer move before the pooling or go:
   parameter count, now spatial, so the CAM sees it).
 - convnext: ``avgpool -> LayerNorm2d -> flatten -> linear``: the LayerNorm2d moves
   before the pooling (it then normalises each position rather than the pooled vector).
+- vgg_small: not a torchvision model. Five VGG-style stages (two 3x3 convolutions with
+  BatchNorm and ReLU, then a 2x2 max-pool; 16 to 128 channels, about 0.47 M parameters). It is
+  the bundled synthetic demo model's backbone: trained from random weights on a 2-core
+  CPU it separates the synthetic classes within minutes, where mobilenet_v3_small from
+  scratch stayed at chance (docs/training.md).
 
 Weights are always ``None``: nothing is ever downloaded.
 """
@@ -73,7 +78,30 @@ def _convnext(name: str) -> tuple[nn.Module, int]:
     return nn.Sequential(net.features, norm), net.classifier[-1].in_features
 
 
+VGG_SMALL_CHANNELS = (16, 32, 64, 96, 128)
+
+
+def _vgg_small(name: str) -> tuple[nn.Module, int]:
+    stages: list[nn.Module] = []
+    in_channels = 3
+    for out_channels in VGG_SMALL_CHANNELS:
+        stages.append(
+            nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+        )
+        in_channels = out_channels
+    return nn.Sequential(*stages), in_channels
+
+
 _FAMILIES = {
+    "vgg_small": _vgg_small,
     "resnet": _resnet,
     "efficientnet": _efficientnet,
     "mobilenet_v3": _mobilenet_v3,

@@ -45,6 +45,7 @@ Architecture = Literal[
     "mobilenet_v3_large",
     "mobilenet_v3_small",
     "convnext_tiny",
+    "vgg_small",
 ]
 ARCHITECTURES: tuple[str, ...] = Architecture.__args__  # type: ignore[attr-defined]
 
