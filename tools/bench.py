@@ -228,14 +228,17 @@ def run_bench(options: BenchOptions, *, console: Any = None) -> dict[str, Any]:
         regions.mkdir(parents=True)
 
         def holds_tissue(path: Path) -> bool:
-            from marginwatch.engine.assessment import prepare
-            from marginwatch.engine.errors import NoTissueError
+            """Tissue, and it passes the quality gate: the bench times assessments."""
+            from marginwatch.engine.assessment import check_quality, prepare
+            from marginwatch.engine.errors import InputError
 
             try:
-                prepare(path, model, engine)
-            except NoTissueError:
+                with prepare(path, model, engine) as prepared:
+                    for _ in prepared.iter_tiles(64):
+                        pass
+                    return check_quality(prepared, model, engine).passed
+            except InputError:
                 return False
-            return True
 
         factory = RegionFactory(region_px, fields=4, accept=holds_tissue, scratch=regions)
         paths = [str(factory.write(regions / f"r{i:03d}.tif"))
