@@ -71,6 +71,7 @@ DECODE_ERRORS = (
     RuntimeError,
     NotImplementedError,
     ZeroDivisionError,
+    OverflowError,  # an offset past what a seek can take (fuzz finding)
 )
 
 
