@@ -54,6 +54,8 @@ class JobStore(Protocol):
 
     def release_job(self, job_id: int, owner: str) -> None: ...
 
+    def wait_for_change(self, job_id: int, owner: str, retry_after_seconds: float) -> str: ...
+
 
 class Stages(Protocol):
     """The engine's stages for one model: read and plan, aggregate, make the record.

@@ -199,13 +199,23 @@ def resolve_inside(root_real: str, rel_path: str) -> str:
     return path
 
 
+def still_changing(root_real: str, job: ClaimedJob) -> bool:
+    """Whether the file's size or mtime moved since it was recorded (it is being written
+    or rewritten); False when it cannot be stat'ed (gone: judged as such elsewhere)."""
+    try:
+        st = os.lstat(os.path.join(root_real, job.rel_path))
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns)
+
+
 def check_version(root_real: str, job: ClaimedJob) -> None:
     """Raise :class:`FileChangedError` unless the file is still the recorded version.
 
     Judged as the readiness tracker judges it (``lstat``: size and mtime), so a file
     rewritten after it was recorded is never assessed under the earlier version's row:
-    that version ends ``failed`` with this reason, and the new content is discovered
-    as a new version (linked to this one) and assessed on its own.
+    the job waits (not an attempt) and ends ``superseded`` once the new content is
+    discovered as a new version (linked to this one) and assessed on its own.
     """
     st = os.lstat(os.path.join(root_real, job.rel_path))
     if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
@@ -485,6 +495,15 @@ class Pipeline:
             self._durably(self._store.release_job, job.job_id, self._owner)
             self.counts["released"] += 1
             logger.warning("image %s: put back, the database was unavailable", job.image_id)
+            return
+        if isinstance(exc, FileChangedError) or still_changing(self._root, job):
+            # Being written (a decode failure on a growing file) or rewritten: not the
+            # file's fault and not an attempt; the settled version is assessed.
+            state = self._durably(self._store.wait_for_change, job.job_id, self._owner,
+                                  self.settings.retry_delay_seconds)
+            self.counts["waiting" if state == "pending" else "superseded"] += 1
+            logger.info("image %s: file still changing; %s", job.image_id,
+                        "waits" if state == "pending" else "superseded by its newer version")
             return
         abs_path = os.path.join(self._root, job.rel_path)
         error_class, message, retry = describe_failure(exc, abs_path, job.rel_path)

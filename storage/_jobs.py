@@ -45,6 +45,8 @@ __all__ = [
     "put_back",
     "record_assessment",
     "requeue_lost",
+    "supersede",
+    "wait_for_change",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,13 @@ def discover(
     # logs carry ids only.
     audit.append_event(session, "image.discovered", image.id, payload, actor, now)
     logger.info("image %s discovered (job %d)", image.id, job.id)
+    if previous is not None:
+        # The earlier version not yet read (still being written, or rewritten before its
+        # turn) can never be: its bytes are gone. Closed, pointing here; no alert.
+        waiting = session.scalar(select(Job).where(Job.image_id == previous,
+                                                   Job.state == "pending"))
+        if waiting is not None:
+            supersede(session, waiting, image.id, actor, now)
     return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
 
 
@@ -422,6 +431,55 @@ def fail_final(
         "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
     )
     return alert.id
+
+
+def supersede(session: Session, job: Job, newer_image_id: str, actor: str, now: datetime) -> None:
+    """Close a job whose file changed before it was read: the newer version is assessed."""
+    job.state = "superseded"
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.not_before = None
+    job.finished_at = now
+    job.updated_at = now
+    audit.append_event(
+        session,
+        "image.superseded",
+        job.image_id,
+        {"job_id": job.id, "attempts": job.attempts, "newer_image_id": newer_image_id},
+        actor,
+        now,
+    )
+    logger.info("image %s superseded by image %s (job %d)", job.image_id, newer_image_id,
+                job.id)
+
+
+def wait_for_change(
+    session: Session, job: Job, retry_after_seconds: float, actor: str, now: datetime
+) -> str:
+    """The held job's file is still changing: not an attempt. ``superseded`` if a newer
+    version of the file is recorded already, else back to ``pending`` after a delay (the
+    newer version, once the readiness tracker records it, supersedes it)."""
+    image = session.get(Image, job.image_id)
+    assert image is not None  # foreign key
+    newer = session.scalar(
+        select(Image.id).where(Image.previous_id == image.id).order_by(Image.id).limit(1)
+    )
+    if newer is not None:
+        supersede(session, job, newer, actor, now)
+        return "superseded"
+    put_back(job, now)
+    job.attempts = max(0, job.attempts - 1)
+    job.not_before = now + timedelta(seconds=retry_after_seconds)
+    audit.append_event(
+        session,
+        "job.released",
+        job.image_id,
+        {"job_id": job.id, "attempts": job.attempts, "reason": "file still changing",
+         "not_before": job.not_before.isoformat()},
+        actor,
+        now,
+    )
+    return "pending"
 
 
 def put_back(job: Job, now: datetime) -> None:

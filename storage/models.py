@@ -61,7 +61,7 @@ __all__ = [
     "UTCDateTime",
 ]
 
-JOB_STATES = ("pending", "processing", "done", "duplicate", "failed")
+JOB_STATES = ("pending", "processing", "done", "duplicate", "failed", "superseded")
 CASE_STATES = ("open", "closed")
 ALERT_KINDS = ("tumour-at-margin", "not-assessed")
 #: Histopathology margin status: tumour at the margin / no tumour at the margin.
@@ -172,12 +172,17 @@ class Image(Base):
 
 
 class Job(Base):
-    """The durable queue entry of one image; ends in done, duplicate or failed."""
+    """The durable queue entry of one image; ends in done, duplicate, failed or superseded.
+
+    ``superseded``: the file changed before this version could be read; the newer
+    version is recorded as its own image (``previous_id`` points back) and assessed.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(
-            "state IN ('pending', 'processing', 'done', 'duplicate', 'failed')", name="state"
+            "state IN ('pending', 'processing', 'done', 'duplicate', 'failed', 'superseded')",
+            name="state",
         ),
         CheckConstraint("attempts >= 0", name="attempts"),
         Index("ix_jobs_state_not_before", "state", "not_before"),

@@ -34,7 +34,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Every revision, oldest first. Kept here so that opening a database (the auditor CLI,
 # the dashboard) checks the version without importing Alembic; a test asserts that this
 # equals the migrations directory's history. Append each new revision.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007",
+                                 "0008")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

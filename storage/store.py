@@ -409,6 +409,27 @@ class Store(CaseMethods, MonitoringMethods):
                 now,
             )
 
+    def wait_for_change(
+        self,
+        job_id: int,
+        owner: str,
+        retry_after_seconds: float,
+        *,
+        actor: str | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """A held job whose file is still changing (size or mtime moved since it was
+        recorded): not an attempt, no error, no alert. Returns ``"superseded"`` when a
+        newer version of the file is recorded already (the job is closed, pointing to
+        it), else ``"pending"`` (runnable again after ``retry_after_seconds``; the newer
+        version supersedes it once the readiness tracker records it). Audited.
+        ConflictError if the lease was lost, NotFoundError for an unknown job.
+        """
+        now = _now(now)
+        with self._write() as session:
+            job = _jobs.held_job(session, job_id, owner)
+            return _jobs.wait_for_change(session, job, retry_after_seconds, actor or owner, now)
+
     def requeue_orphans(
         self,
         owner_prefix: str,

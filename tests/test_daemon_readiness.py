@@ -164,7 +164,60 @@ def test_truncated_then_completed_ends_with_the_complete_version_assessed(
     for size, state, error in rows:  # a half version, if recorded, ended visibly
         assert state in FINAL_STATES, rows
         if size != source.stat().st_size:
-            assert state == "failed" and error, rows
+            # superseded once the writer wrote again; failed (truncated, with its reason)
+            # when its retries ran out during the 3.5 s pause, as a file cut short for good
+            assert state == "superseded" or (state == "failed" and error), rows
+
+
+CHUNKED = r"""
+import sys, time
+data = open(sys.argv[1], "rb").read()
+parts, pause = int(sys.argv[3]), float(sys.argv[4])
+step = len(data) // parts + 1
+for start in range(0, len(data), step):
+    with open(sys.argv[2], "ab") as fh:  # a chunk, closed: each pause outlasts the settle
+        fh.write(data[start : start + step])
+    if start + step < len(data):
+        time.sleep(pause)
+"""
+
+
+@pytest.mark.slow
+def test_a_writer_pausing_longer_than_the_settle_time_gets_one_result_and_no_alert(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # Each pause (2 s) outlasts the settle time (0.3 s) and the stable polls: every partial
+    # version is recorded and read (and fails to decode) while the writer waits. Once it
+    # writes again the partial version's job waits, not an attempt, and ends superseded.
+    daemon, watch = _daemon(tmp_path, tiny_model_dir, settle_seconds=0.3,
+                            poll_interval_seconds=0.2, stable_polls=2,
+                            retry_delay_seconds=1.0, max_attempts=5)
+    source = tmp_path / "source.tif"
+    source.write_bytes(image_bytes(11, side=192))
+    full = source.stat().st_size
+    with daemon:
+        daemon.start().wait_ready()
+        writer = subprocess.run([sys.executable, "-c", CHUNKED, str(source),
+                                 str(watch / "case" / "chunked.tif"), "3", "2.0"], timeout=60)
+        assert writer.returncode == 0
+
+        def complete_version_final(current: dict) -> bool:  # noqa: ANN001
+            sizes = query(daemon.db, "SELECT size FROM images WHERE rel_path = 'case/chunked.tif'")
+            return (full,) in sizes and all_final({"case/chunked.tif"})(current) and _settled(
+                daemon.db)
+
+        wait_for(daemon.db, complete_version_final, 60, daemon)
+        rows = query(daemon.db, "SELECT i.size, j.state, j.error_class FROM images AS i "
+                     "JOIN jobs AS j ON j.image_id = i.id ORDER BY i.first_seen, j.id")
+        alerts = query(daemon.db, "SELECT kind, message FROM alerts WHERE kind = 'not-assessed'")
+        actions = [a for (a,) in query(daemon.db, "SELECT action FROM audit_events")]
+        assert daemon.stop() == 0
+    assert [r for r in rows if r[1] == "done"] == [(full, "done", None)], rows  # one result
+    assert all(state == "superseded" for size, state, _ in rows if size != full), rows
+    assert not alerts, alerts
+    assert "image.failed" not in actions
+    assert len(rows) >= 2, rows  # a partial version was recorded: the case was exercised
+    assert "image.superseded" in actions
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,47 @@ def test_daemon_assesses_a_replaced_file_as_a_linked_new_version(
     assert screen.returncode == 0, screen.stderr
     assert "new version" in screen.stdout
     assert "a.tif" not in daemon.log()  # ids only in the log
+
+
+# --- a version whose file changed before it was read: superseded, never an alert -------
+
+
+def test_a_newer_version_supersedes_the_unread_one_without_an_alert(store: Store) -> None:
+    first = store.record_discovery("export", "case/a.tif", 100, 1, "daemon")
+    assert first is not None
+    assessed = store.record_discovery("export", "case/b.tif", 100, 1, "daemon")
+    assert assessed is not None
+    second = store.record_discovery("export", "case/a.tif", 120, 2, "daemon")
+    assert second is not None
+    rows = {r.image_id: r for r in store.list_images()}
+    assert rows[first.image_id].state == "superseded"  # its bytes are gone: never readable
+    assert rows[second.image_id].state == "pending"
+    assert rows[assessed.image_id].state == "pending"  # another file: untouched
+    (event,) = [e for e in store.audit_events(first.image_id) if e.action == "image.superseded"]
+    assert event.payload["newer_image_id"] == second.image_id  # a pointer, in the chain
+    assert store.alerts() == []
+    assert store.verify_audit().ok
+
+
+def test_a_still_changing_file_waits_without_an_attempt_then_is_superseded(
+    store: Store,
+) -> None:
+    first = store.record_discovery("export", "case/a.tif", 100, 1, "daemon")
+    assert first is not None
+    held = store.claim_job("w1", 30.0)
+    assert held is not None and held.job_id == first.job_id and held.attempts == 1
+    assert store.wait_for_change(held.job_id, "w1", 60.0) == "pending"
+    (row,) = store.list_images()
+    assert (row.state, row.attempts, row.error_class) == ("pending", 0, None)  # no attempt
+    assert store.claim_job("w1", 30.0) is None  # waits for the delay, no busy re-reading
+    later = datetime.now(UTC) + timedelta(seconds=120)
+    again = store.claim_job("w1", 30.0, now=later)
+    assert again is not None and again.attempts == 1
+    # the newer version is recorded while this one is being read: closed, pointing to it
+    second = store.record_discovery("export", "case/a.tif", 120, 2, "daemon", now=later)
+    assert second is not None
+    assert store.wait_for_change(again.job_id, "w1", 60.0, now=later) == "superseded"
+    rows = {r.image_id: r.state for r in store.list_images()}
+    assert rows == {first.image_id: "superseded", second.image_id: "pending"}
+    assert store.alerts() == []
+    assert store.verify_audit().ok
