@@ -65,7 +65,7 @@ def test_discovery_once_per_file_version(store):
     assert store.record_discovery("export", "case1/a.tif", 100, 1, "x", now=T0) is None
     changed = store.record_discovery("export", "case1/a.tif", 120, 2, "x", now=T0)
     assert changed is not None and changed.image_id != first.image_id
-    assert store.queue_depth() == 2
+    assert store.queue_depth() == 1  # the unread first version is superseded, not queued
     discovered = [e for e in store.audit_events() if e.action == "image.discovered"]
     assert len(discovered) == 2
     assert all("case1" not in str(e.payload) for e in discovered)  # no paths in the audit log
