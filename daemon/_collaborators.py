@@ -56,6 +56,8 @@ class JobStore(Protocol):
 
     def wait_for_change(self, job_id: int, owner: str, retry_after_seconds: float) -> str: ...
 
+    def follow_move(self, job_id: int, owner: str) -> str | None: ...
+
 
 class Stages(Protocol):
     """The engine's stages for one model: read and plan, aggregate, make the record.

@@ -236,8 +236,8 @@ def _decision(row: Any) -> Text:
         return Text(row.state, style="dim")
     if row.state == "duplicate":
         return Text("duplicate", style="dim")
-    if row.state == "superseded":  # changed before it was read; the newer version is shown
-        return Text("superseded", style="dim")
+    if row.state in ("superseded", "moved"):  # not read here; the newer/new name is shown
+        return Text(row.state, style="dim")
     if row.decision:
         return Text("TUMOUR", style="bold red")
     return Text("clear", style="green")

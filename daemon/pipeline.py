@@ -150,7 +150,8 @@ _ADVICE: list[tuple[type[BaseException], str, bool]] = [
     (InvalidPixelsError, "check the scanner's export settings; these pixel values are not "
      "a usable image", False),
     (InputError, "re-export the image from the scanner", False),
-    (FileNotFoundError, "the file was removed or renamed before it could be read", False),
+    # retried: a file renamed away is followed once its new name is recorded
+    (FileNotFoundError, "the file was removed or renamed before it could be read", True),
     (PermissionError, "give the marginwatch service user read access to the export folder", True),
     (OSError, "check the export share (network or disk error while reading)", True),
     (BackendError, "check the inference device (see the daemon log)", True),
@@ -505,6 +506,14 @@ class Pipeline:
             logger.info("image %s: file still changing; %s", job.image_id,
                         "waits" if state == "pending" else "superseded by its newer version")
             return
+        if isinstance(exc, FileNotFoundError) or isinstance(exc.__cause__, FileNotFoundError):
+            # renamed or moved away (the file, or its case folder): followed to the same
+            # content recorded under its new name, never failed with an alert
+            target = self._durably(self._store.follow_move, job.job_id, self._owner)
+            if target is not None:
+                self.counts["moved"] += 1
+                logger.info("image %s: moved; assessed as image %s", job.image_id, target)
+                return
         abs_path = os.path.join(self._root, job.rel_path)
         error_class, message, retry = describe_failure(exc, abs_path, job.rel_path)
         outcome = self._durably(

@@ -157,8 +157,9 @@ def _case_images(session: Session, case_ids: list[str]) -> dict[str, list[CaseIm
         .join(Job, Job.image_id == Image.id)
         .outerjoin(Prediction, Prediction.id == Job.prediction_id)
         .outerjoin(ModelRow, ModelRow.id == Prediction.model_id)
-        # a superseded version was never read; its newer version stands for the file
-        .where(Image.case_id.in_(case_ids), Job.state != "superseded")
+        # a superseded or moved version was never read; its newer version / new name
+        # stands for the file
+        .where(Image.case_id.in_(case_ids), Job.state.not_in(("superseded", "moved")))
         .order_by(Image.first_seen, Job.id)
     )
     for image, job, prediction, digest, flagged in session.execute(query):

@@ -36,6 +36,7 @@ from .records import (
 __all__ = [
     "claim",
     "close_duplicate",
+    "close_moved",
     "discover",
     "expired",
     "fail_final",
@@ -113,6 +114,14 @@ def discover(
                                                    Job.state == "pending"))
         if waiting is not None:
             supersede(session, waiting, image.id, actor, now)
+    for gone in session.scalars(  # the same content under an old name that was not found
+        select(Job).join(Image, Image.id == Job.image_id).where(
+            Image.root_key == root_key, Image.rel_path != rel_path, Image.size == size,
+            Image.mtime_ns == mtime_ns, Job.state == "pending",
+            Job.error_class == "FileNotFoundError",
+        )
+    ).all():
+        close_moved(session, gone, image.id, actor, now)
     return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
 
 
@@ -480,6 +489,39 @@ def wait_for_change(
         now,
     )
     return "pending"
+
+
+def moved_to(session: Session, job: Job) -> str | None:
+    """The image recorded with this job's content (root, size, mtime) under another
+    name: where the file went when it is not found under its own; None if none."""
+    image = session.get(Image, job.image_id)
+    assert image is not None  # foreign key
+    return session.scalar(
+        select(Image.id).where(
+            Image.root_key == image.root_key, Image.rel_path != image.rel_path,
+            Image.size == image.size, Image.mtime_ns == image.mtime_ns,
+        ).order_by(Image.first_seen.desc(), Image.id.desc()).limit(1)
+    )
+
+
+def close_moved(session: Session, job: Job, new_image_id: str, actor: str, now: datetime) -> None:
+    """Close a job whose file was renamed before it was read: assessed under its new name."""
+    job.state = "moved"
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.not_before = None
+    job.finished_at = now
+    job.updated_at = now
+    audit.append_event(
+        session,
+        "image.moved",
+        job.image_id,
+        {"job_id": job.id, "attempts": job.attempts, "new_image_id": new_image_id},
+        actor,
+        now,
+    )
+    logger.info("image %s moved: recorded as image %s (job %d)", job.image_id, new_image_id,
+                job.id)
 
 
 def put_back(job: Job, now: datetime) -> None:

@@ -61,7 +61,7 @@ __all__ = [
     "UTCDateTime",
 ]
 
-JOB_STATES = ("pending", "processing", "done", "duplicate", "failed", "superseded")
+JOB_STATES = ("pending", "processing", "done", "duplicate", "failed", "superseded", "moved")
 CASE_STATES = ("open", "closed")
 ALERT_KINDS = ("tumour-at-margin", "not-assessed")
 #: Histopathology margin status: tumour at the margin / no tumour at the margin.
@@ -176,12 +176,15 @@ class Job(Base):
 
     ``superseded``: the file changed before this version could be read; the newer
     version is recorded as its own image (``previous_id`` points back) and assessed.
+    ``moved``: the file was renamed before it was read; the same content (root, size,
+    mtime) is recorded under its new name and assessed there.
     """
 
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(
-            "state IN ('pending', 'processing', 'done', 'duplicate', 'failed', 'superseded')",
+            "state IN ('pending', 'processing', 'done', 'duplicate', 'failed', 'superseded', "
+            "'moved')",
             name="state",
         ),
         CheckConstraint("attempts >= 0", name="attempts"),

@@ -430,6 +430,23 @@ class Store(CaseMethods, MonitoringMethods):
             job = _jobs.held_job(session, job_id, owner)
             return _jobs.wait_for_change(session, job, retry_after_seconds, actor or owner, now)
 
+    def follow_move(
+        self, job_id: int, owner: str, *, actor: str | None = None,
+        now: datetime | None = None,
+    ) -> str | None:
+        """A held job whose file is not found under its name: if the same content (root,
+        size, mtime) is recorded under another name, close the job as ``moved`` with a
+        pointer to that image (audited, no alert) and return its id; else None and the
+        job is left as it is (the caller fails or retries it).
+        """
+        now = _now(now)
+        with self._write() as session:
+            job = _jobs.held_job(session, job_id, owner)
+            target = _jobs.moved_to(session, job)
+            if target is not None:
+                _jobs.close_moved(session, job, target, actor or owner, now)
+            return target
+
     def requeue_orphans(
         self,
         owner_prefix: str,

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 MARGINWATCH = str(Path(sys.executable).with_name("marginwatch"))
-FINAL_STATES = ("done", "duplicate", "failed", "superseded")
+FINAL_STATES = ("done", "duplicate", "failed", "superseded", "moved")
 
 DAEMON_DEFAULTS: dict[str, Any] = {
     "settle_seconds": 0.3,

@@ -255,6 +255,36 @@ def test_renamed_while_read_and_vanished_after_ready_reach_final_states(
     assert set(states.values()) <= set(FINAL_STATES), states
     # the content was assessed once, under one of its names; the other name links to it
     assert sorted(states[n] for n in ("case/moving.tif", "case/moved.tif")) in (
-        ["done", "duplicate"], ["done", "failed"]), states
+        ["done", "duplicate"], ["done", "moved"], ["done", "failed"]), states
     assert states["case/gone.tif"] in ("done", "failed"), states  # read in time, or not
     assert "moving.tif" not in log and "gone.tif" not in log  # ids only in the log
+
+
+@pytest.mark.slow
+def test_a_case_folder_renamed_before_its_images_are_read_is_followed_without_alerts(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    daemon, watch = _daemon(tmp_path, tiny_model_dir, max_attempts=6)
+    staging = tmp_path / "staging" / "caseA"
+    staging.mkdir(parents=True)
+    for seed, name in ((21, "x.tif"), (22, "y.tif")):
+        (staging / name).write_bytes(image_bytes(seed, side=192))
+    with daemon:
+        daemon.start().wait_ready()
+        # the folder is renamed the moment the daemon recorded one of its images
+        mover = subprocess.Popen([sys.executable, "-c", WHEN_RECORDED, str(daemon.db),
+                                  "caseA/x.tif", str(watch / "caseA"), str(watch / "caseB")])
+        os.rename(staging, watch / "caseA")
+        assert mover.wait(60) == 0
+        names = {"caseB/x.tif", "caseB/y.tif"}
+        wait_for(daemon.db, lambda cur: all_final(names)(cur) and _settled(daemon.db), 60,
+                 daemon)
+        rows = query(daemon.db, "SELECT i.rel_path, j.state FROM images AS i "
+                     "JOIN jobs AS j ON j.image_id = i.id ORDER BY j.id")
+        alerts = query(daemon.db, "SELECT message FROM alerts WHERE kind = 'not-assessed'")
+        assert daemon.stop() == 0
+    assert not alerts, (alerts, rows)
+    assert all(state in ("done", "duplicate", "moved") for _, state in rows), rows
+    for name in ("x.tif", "y.tif"):  # each image assessed once, under one of its names
+        assert [s for rel, s in rows if rel.endswith(name)].count("done") == 1, rows
+    assert ("caseA/x.tif", "moved") in rows or ("caseA/x.tif", "done") in rows, rows

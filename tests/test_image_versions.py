@@ -156,3 +156,39 @@ def test_a_still_changing_file_waits_without_an_attempt_then_is_superseded(
     assert rows == {first.image_id: "superseded", second.image_id: "pending"}
     assert store.alerts() == []
     assert store.verify_audit().ok
+
+
+# --- a file renamed before it was read: followed to its new name, never an alert -------
+
+
+def test_a_file_not_found_is_closed_as_moved_once_its_new_name_is_recorded(
+    store: Store,
+) -> None:
+    old = store.record_discovery("export", "caseA/a.tif", 100, 7, "daemon")
+    assert old is not None
+    held = store.claim_job("w1", 30.0)
+    assert held is not None and held.job_id == old.job_id
+    assert store.follow_move(held.job_id, "w1") is None  # not recorded anywhere else yet
+    store.fail_job(held.job_id, "w1", "FileNotFoundError", "caseA/a.tif: gone", 0.0, 5)
+    other = store.record_discovery("export", "caseA/b.tif", 100, 8, "daemon")  # not it
+    new = store.record_discovery("export", "caseB/a.tif", 100, 7, "daemon")
+    assert new is not None and other is not None
+    rows = {r.image_id: r.state for r in store.list_images()}
+    assert rows == {old.image_id: "moved", other.image_id: "pending", new.image_id: "pending"}
+    (event,) = [e for e in store.audit_events(old.image_id) if e.action == "image.moved"]
+    assert event.payload["new_image_id"] == new.image_id  # a pointer, in the chain
+    assert store.alerts() == []
+    assert store.verify_audit().ok
+
+
+def test_a_held_job_follows_its_file_to_a_new_name_recorded_first(store: Store) -> None:
+    old = store.record_discovery("export", "caseA/a.tif", 100, 7, "daemon")
+    new = store.record_discovery("export", "caseB/a.tif", 100, 7, "daemon")
+    assert old is not None and new is not None
+    held = store.claim_job("w1", 30.0)
+    assert held is not None and held.job_id == old.job_id
+    assert store.follow_move(held.job_id, "w1") == new.image_id
+    rows = {r.image_id: r.state for r in store.list_images()}
+    assert rows == {old.image_id: "moved", new.image_id: "pending"}
+    assert store.alerts() == []
+    assert store.verify_audit().ok
