@@ -442,24 +442,30 @@ def fail_final(
     return alert.id
 
 
-def supersede(session: Session, job: Job, newer_image_id: str, actor: str, now: datetime) -> None:
-    """Close a job whose file changed before it was read: the newer version is assessed."""
-    job.state = "superseded"
+def _close_unread(
+    session: Session, job: Job, state: str, event: str, other: dict[str, str],
+    actor: str, now: datetime,
+) -> None:
+    """End a job whose file was never read because another image holds its content
+    (``superseded`` by a newer version, or ``moved`` to a new name): no attempt, no alert."""
+    job.state = state
     job.lease_owner = None
     job.lease_expires_at = None
     job.not_before = None
     job.finished_at = now
     job.updated_at = now
     audit.append_event(
-        session,
-        "image.superseded",
-        job.image_id,
-        {"job_id": job.id, "attempts": job.attempts, "newer_image_id": newer_image_id},
-        actor,
-        now,
+        session, event, job.image_id, {"job_id": job.id, "attempts": job.attempts, **other},
+        actor, now,
     )
-    logger.info("image %s superseded by image %s (job %d)", job.image_id, newer_image_id,
-                job.id)
+    logger.info("image %s %s: see image %s (job %d)", job.image_id, state,
+                next(iter(other.values())), job.id)
+
+
+def supersede(session: Session, job: Job, newer_image_id: str, actor: str, now: datetime) -> None:
+    """Close a job whose file changed before it was read: the newer version is assessed."""
+    _close_unread(session, job, "superseded", "image.superseded",
+                  {"newer_image_id": newer_image_id}, actor, now)
 
 
 def wait_for_change(
@@ -506,22 +512,8 @@ def moved_to(session: Session, job: Job) -> str | None:
 
 def close_moved(session: Session, job: Job, new_image_id: str, actor: str, now: datetime) -> None:
     """Close a job whose file was renamed before it was read: assessed under its new name."""
-    job.state = "moved"
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.finished_at = now
-    job.updated_at = now
-    audit.append_event(
-        session,
-        "image.moved",
-        job.image_id,
-        {"job_id": job.id, "attempts": job.attempts, "new_image_id": new_image_id},
-        actor,
-        now,
-    )
-    logger.info("image %s moved: recorded as image %s (job %d)", job.image_id, new_image_id,
-                job.id)
+    _close_unread(session, job, "moved", "image.moved", {"new_image_id": new_image_id}, actor,
+                  now)
 
 
 def put_back(job: Job, now: datetime) -> None:
