@@ -111,7 +111,7 @@ def test_external_centre_raises_the_input_drift_alarm(tmp_path, one_thread):
     assert report["drift"]["p_value"] is not None and not report["drift"]["alarm"]
     assert report["findings"] == [] and report["note"] == "no ground truth in range"
 
-    assert stream(synth(tmp_path / "ext", "external", 5), T0 + timedelta(days=1)) >= 20
+    assert stream(synth(tmp_path / "ext", "external", 5), T0 + timedelta(days=1)) >= 12  # the gate refuses some 256 px external scans
     loud = run("monitor", "--db", url, "--json", "--raise-alarms", "--since",
                (T0 + timedelta(hours=12)).isoformat())
     assert loud.returncode == 0, loud.stderr
