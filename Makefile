@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The demo model's recipe (docs/training.md): synthetic training scans, then
-# `marginwatch train --preset demo` on the CPU (about 15 min of synthesis and 20-40 min of training on 2 cores). Evaluate on
+# `marginwatch train --preset demo` on the CPU (about 4-15 min of synthesis and 25-40 min of training on 2 cores). Evaluate on
 # fresh seeds with `marginwatch evaluate` as docs/training.md shows.
 MODEL_DATA ?= build/demo-data
 MODEL_OUT  ?= build/demo-model
