@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -196,15 +197,22 @@ def build_model(arch: str, **options: Any) -> Model:
 def load_model(path: str | os.PathLike[str]) -> Model:
     """Load an artefact folder; :class:`ModelCardError` when card and weights disagree."""
     folder = Path(path)
-    if not folder.exists():
-        raise ModelError(f"{folder}: model folder not found")
-    if not folder.is_dir():
+    try:
+        is_folder = stat.S_ISDIR(folder.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ModelError(f"{folder}: model folder not found") from exc
+    except OSError as exc:  # permission denied on a folder above, a name too long, ...
+        raise ModelError(f"{folder}: cannot open the model folder: {exc.strerror or exc}") from exc
+    if not is_folder:
         raise ModelError(
             f"{folder}: not a folder; expected a model folder with "
             f"{CARD_FILENAME} and {WEIGHTS_FILENAME}"
         )
     card = read_card(folder)
-    card_bytes = (folder / CARD_FILENAME).read_bytes()
+    try:
+        card_bytes = (folder / CARD_FILENAME).read_bytes()
+    except OSError as exc:  # replaced or made unreadable since read_card
+        raise ModelError(f"{folder / CARD_FILENAME}: cannot read: {exc.strerror or exc}") from exc
     weights_path = folder / WEIGHTS_FILENAME
     try:
         weights_bytes = weights_path.read_bytes()

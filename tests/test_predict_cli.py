@@ -119,6 +119,19 @@ def test_predict_broken_model_folder(tmp_path, tiny_model_dir):
     assert missing.returncode == 2 and "model folder not found" in missing.stderr
 
 
+def test_a_model_folder_that_cannot_be_opened_gets_one_line(tmp_path, tiny_model_dir):
+    """stat() failing with anything but 'not found' (a name too long here, which fails as
+    root too; permission denied on a folder above for an ordinary user) is exit 2 with
+    the reason, not a traceback (it was an OSError from Path.exists)."""
+    good = write_fcm_tiff(tmp_path / "good.tif")
+    too_long = tmp_path / ("m" * 300)
+    result = _run(str(good), "--model", str(too_long))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("marginwatch: error: ")
+    assert "cannot open the model folder: File name too long" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_configured_model_folder_is_never_replaced_by_the_demo_model(tmp_path):  # noqa: ANN001
     from marginwatch.daemon.prediction import DEMO_MODEL_DIR, default_model_dir
 
