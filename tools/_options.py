@@ -51,6 +51,8 @@ class TrainOptions:
     max_train_images: int | None = None  # subsample the train split (time budgets)
     max_minutes: float | None = None  # stop at the first epoch end past this
     augment: bool = True
+    stain_jitter: float = 0.10  # per-channel optical-density scale U(1 - s, 1 + s)
+    intensity_jitter: float = 0.15  # brightness, contrast and gamma U(1 - b, 1 + b)
     tile_selection: str = "random"  # random | top (multiple-instance; tools/_trainer.py)
     synthetic_demo: bool = False
     description: str = ""
@@ -67,6 +69,8 @@ class TrainOptions:
             "max_train_images": self.max_train_images is None or self.max_train_images >= 2,
             "max_minutes": self.max_minutes is None or self.max_minutes >= 0,
             "tile_selection": self.tile_selection in TILE_SELECTIONS,
+            "stain_jitter": 0 <= self.stain_jitter < 1,
+            "intensity_jitter": 0 <= self.intensity_jitter < 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -99,6 +103,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "val_fraction": 0.2,
         "test_fraction": 0.1,
         "tile_selection": "top",
+        "stain_jitter": 0.30,
+        "intensity_jitter": 0.25,
         "max_minutes": 40.0,
         "synthetic_demo": True,
     },

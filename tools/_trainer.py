@@ -55,6 +55,8 @@ RESUME_KEYS = (
     "seed",
     "max_train_images",
     "tile_selection",
+    "stain_jitter",
+    "intensity_jitter",
 )
 
 
@@ -85,7 +87,11 @@ class Trainer:
         self.class_weights = AdaptiveClassWeights((int(counts[0]), int(counts[1])))
         self.sampler_rng = torch.Generator().manual_seed(options.seed)
         self.augment_rng = torch.Generator().manual_seed(options.seed + 1)
-        self.augment = Augmentation() if options.augment else Augmentation.none()
+        self.augment = (
+            Augmentation(stain=options.stain_jitter, intensity=options.intensity_jitter)
+            if options.augment
+            else Augmentation.none()
+        )
         card = model.card
         self.mean = torch.tensor(card.normalisation.mean, device=device)[:, None, None]
         self.std = torch.tensor(card.normalisation.std, device=device)[:, None, None]
