@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import _cases, _digests, audit
+from ._paths import path_key
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
 from .records import (
     AssessmentRecord,
@@ -67,9 +68,11 @@ def discover(
 
     With ``placement`` the image goes into its case (see :func:`_cases.place`).
     """
+    key = path_key(rel_path)
     seen = session.scalar(
         select(Image.id).where(
             Image.root_key == root_key,
+            Image.path_key == key,
             Image.rel_path == rel_path,
             Image.size == size,
             Image.mtime_ns == mtime_ns,
@@ -79,7 +82,7 @@ def discover(
         return None
     previous = session.scalar(  # the latest earlier version of this file, if any
         select(Image.id)
-        .where(Image.root_key == root_key, Image.rel_path == rel_path)
+        .where(Image.root_key == root_key, Image.path_key == key, Image.rel_path == rel_path)
         .order_by(Image.first_seen.desc(), Image.id.desc())
         .limit(1)
     )

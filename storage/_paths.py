@@ -16,6 +16,7 @@ and can open the file with it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 
@@ -23,7 +24,7 @@ from sqlalchemy import String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["FsPath", "decode_path", "encode_path"]
+__all__ = ["FsPath", "decode_path", "encode_path", "path_key"]
 
 _MARK = "/"
 # Printable ASCII other than "%" stays as it is, so the encoded form is still readable.
@@ -53,6 +54,13 @@ def decode_path(stored: str) -> str:
     if stored.startswith(_MARK):
         return os.fsdecode(urllib.parse.unquote_to_bytes(stored[len(_MARK):]))
     return stored
+
+
+def path_key(path: str) -> str:
+    """SHA-256 (hex) of the stored text of ``path``: the fixed-size stand-in that unique
+    constraints and lookups use, since a path of any length (PATH_MAX is 4096 bytes, three
+    times that percent-encoded) does not fit a PostgreSQL B-tree entry (2704 bytes)."""
+    return hashlib.sha256(encode_path(path).encode("utf-8")).hexdigest()
 
 
 class FsPath(TypeDecorator[str]):

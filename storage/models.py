@@ -33,10 +33,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.types import TypeDecorator
 
-from ._paths import FsPath
+from ._paths import FsPath, path_key
 
 __all__ = [
     "ALARM_KINDS",
@@ -148,11 +148,14 @@ class Image(Base):
     """One file version seen in the export folder: (root, path, size, mtime)."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("root_key", "rel_path", "size", "mtime_ns"),)
+    # A path of any length: unique by its fixed-size key (``_paths.path_key``), which the
+    # B-tree can hold where the path itself may not (migration 0010).
+    __table_args__ = (UniqueConstraint("root_key", "path_key", "size", "mtime_ns"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     root_key: Mapped[str] = mapped_column(String(200))
-    rel_path: Mapped[str] = mapped_column(FsPath(1000))  # lossless: any bytes
+    rel_path: Mapped[str] = mapped_column(FsPath())  # lossless: any bytes, any length
+    path_key: Mapped[str] = mapped_column(String(64))  # SHA-256 of the stored rel_path
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -169,6 +172,11 @@ class Image(Base):
     # The earlier version of the same file (same root and path, other size/mtime): a
     # changed file is a new version linked to the one before, never a silent replacement.
     previous_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), index=True)
+
+    @validates("rel_path")
+    def _keep_path_key(self, _name: str, value: str) -> str:
+        self.path_key = path_key(value)
+        return value
 
 
 class Job(Base):

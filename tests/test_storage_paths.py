@@ -60,3 +60,59 @@ def test_store_keeps_any_bytes(db_url: str) -> None:
         assert rows == set(NAMES)
         claimed = [store.claim_job("me:1", 60) for _ in NAMES]
         assert {c.rel_path for c in claimed if c is not None} == set(NAMES)
+
+
+def test_paths_of_any_length_are_recorded(db_url: str) -> None:
+    """A path near PATH_MAX (4096 bytes; non-UTF-8, so three times that percent-encoded)
+    gets its row on SQLite and PostgreSQL: it was refused by VARCHAR(1000) and, on
+    PostgreSQL, by the B-tree entry limit (2704 bytes) of the unique constraint."""
+    deep = "/".join(["d" * 200] * 19) + "/scan.tif"  # 3 8xx bytes of UTF-8
+    odd = os.fsdecode(b"/".join([b"\xff" * 200] * 19) + b"/scan.tif")  # 11 5xx encoded
+    assert len(deep.encode()) < 4096 and len(encode_path(odd)) > 11_000
+    with Store.open(db_url, upgrade=True) as store:
+        for name in (deep, odd):
+            assert store.record_discovery("/export", name, 10, 1000, "test") is not None
+            assert store.record_discovery("/export", name, 10, 1000, "test") is None
+            # a second version of the same long path is linked to the first
+            assert store.record_discovery("/export", name, 11, 2000, "test") is not None
+        rows = [row.rel_path for row in store.list_images()]
+        assert sorted(rows) == sorted([deep, deep, odd, odd])
+
+
+def test_path_key_is_the_hash_of_the_stored_form() -> None:
+    import hashlib
+
+    from marginwatch.storage._paths import path_key
+
+    name = os.fsdecode(b"case1/x\xff.tif")
+    assert path_key(name) == hashlib.sha256(b"/case1/x%FF.tif").hexdigest()
+    assert path_key("case1/a.tif") != path_key("case1/b.tif")
+
+
+def test_the_migration_keys_paths_recorded_before_it(db_url: str) -> None:
+    """Rows written before 0010 get their path_key: the same version is still recognised
+    and a new version still finds its predecessor."""
+    from marginwatch.storage import schema
+    from sqlalchemy import text
+
+    name = os.fsdecode(b"case1/x\xff.tif")
+    with Store.open(db_url, upgrade=True) as store:
+        with schema.migrating(store._engine) as conn:
+            schema.downgrade(conn, "0009")
+        with store._engine.begin() as conn:  # a row as the 0009 code wrote it
+            conn.execute(
+                text("INSERT INTO images (id, root_key, rel_path, size, mtime_ns, first_seen) "
+                     "VALUES ('old-1', '/export', :stored, 10, 1000, '2026-01-01 00:00:00')"),
+                {"stored": "/case1/x%FF.tif"},
+            )
+            conn.execute(text(
+                "INSERT INTO jobs (image_id, state, attempts, created_at, updated_at) "
+                "VALUES ('old-1', 'done', 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            ))
+        store.upgrade()
+        assert store.record_discovery("/export", name, 10, 1000, "test") is None
+        newer = store.record_discovery("/export", name, 12, 2000, "test")
+        assert newer is not None
+        rows = {r.image_id: r for r in store.list_images()}
+        assert rows[newer.image_id].previous_image_id == "old-1"
+        assert rows["old-1"].rel_path == name
