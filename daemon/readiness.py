@@ -41,15 +41,16 @@ class ReadyFile:
     size: int
     mtime_ns: int
     by: str = "polls"  # "format" (event + complete structure) or "polls" (stable polls)
+    inode: int | None = None  # st_ino: with size and mtime, how a renamed file is known
 
 
 @dataclass(slots=True)
 class _Track:
-    signature: tuple[int, int]  # (size, mtime_ns) at the last poll or sighting
+    signature: tuple[int, int, int]  # (size, mtime_ns, inode) at the last poll or sighting
     changed_at: float  # clock time the signature last changed
     stable_polls: int = 0  # polls in a row that saw the same signature
-    trigger: tuple[int, int] | None = None  # signature when a close/move was seen
-    checked: tuple[int, int] | None = None  # signature last judged by the format check
+    trigger: tuple[int, int, int] | None = None  # signature when a close/move was seen
+    checked: tuple[int, int, int] | None = None  # signature last judged by the format check
 
 
 class ReadinessTracker:
@@ -79,14 +80,14 @@ class ReadinessTracker:
     def __contains__(self, rel_path: object) -> bool:
         return rel_path in self._tracks
 
-    def _signature(self, rel_path: str) -> tuple[int, int] | None:
+    def _signature(self, rel_path: str) -> tuple[int, int, int] | None:
         try:
             st = self._stat(os.path.join(self.root, rel_path))
         except OSError:
             return None
         if not is_candidate_inode(st):
             return None
-        return (st.st_size, st.st_mtime_ns)
+        return (st.st_size, st.st_mtime_ns, st.st_ino)  # a replaced file is a change too
 
     def note(self, kind: SightingKind, rel_path: str) -> None:
         """Take one sighting into account (``folder`` sightings are not for here)."""
@@ -129,10 +130,10 @@ class ReadinessTracker:
             by = self._ready_by(rel_path, track, sig)
             if by is not None:
                 del self._tracks[rel_path]
-                ready.append(ReadyFile(rel_path, sig[0], sig[1], by))
+                ready.append(ReadyFile(rel_path, sig[0], sig[1], by, inode=sig[2]))
         return ready
 
-    def _ready_by(self, rel_path: str, track: _Track, sig: tuple[int, int]) -> str | None:
+    def _ready_by(self, rel_path: str, track: _Track, sig: tuple[int, int, int]) -> str | None:
         """"format", "polls" or None (not ready) for a settled, unchanged track."""
         if track.trigger == sig and track.checked != sig:
             track.checked = sig  # the same bytes are judged once

@@ -336,7 +336,7 @@ class Service:
             try:
                 found = self.store.record_discovery(
                     self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner,
-                    placement=self._placement(ready.rel_path),
+                    placement=self._placement(ready.rel_path), inode=ready.inode,
                 )
             except DatabaseUnavailableError:
                 # The database, not the file: these files wait again (nothing is lost

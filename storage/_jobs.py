@@ -19,7 +19,7 @@ from typing import Any
 
 from marginwatch.engine.errors import ConflictError, NotFoundError
 from marginwatch.engine.pathnames import display_path
-from sqlalchemy import select
+from sqlalchemy import or_, select, true
 from sqlalchemy.orm import Session
 
 from . import _cases, _digests, audit
@@ -63,6 +63,7 @@ def discover(
     now: datetime,
     *,
     placement: Placement | None = None,
+    inode: int | None = None,
 ) -> Discovery | None:
     """A new file version and its pending job (audited); None if already recorded.
 
@@ -88,7 +89,7 @@ def discover(
     )
     image = Image(
         root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now,
-        previous_id=previous,
+        previous_id=previous, inode=inode,
     )
     session.add(image)
     session.flush()
@@ -120,7 +121,7 @@ def discover(
     for gone in session.scalars(  # the same content under an old name that was not found
         select(Job).join(Image, Image.id == Job.image_id).where(
             Image.root_key == root_key, Image.rel_path != rel_path, Image.size == size,
-            Image.mtime_ns == mtime_ns, Job.state == "pending",
+            Image.mtime_ns == mtime_ns, _same_inode(Image.inode, inode), Job.state == "pending",
             Job.error_class == "FileNotFoundError",
         )
     ).all():
@@ -500,15 +501,24 @@ def wait_for_change(
     return "pending"
 
 
+def _same_inode(column: Any, inode: int | None) -> Any:
+    """The inode matches when both sides know it (a rename keeps it; a copy with the same
+    size and mtime does not); rows recorded before inodes were (0011) match on the rest."""
+    if inode is None:
+        return true()
+    return or_(column.is_(None), column == inode)
+
+
 def moved_to(session: Session, job: Job) -> str | None:
-    """The image recorded with this job's content (root, size, mtime) under another
-    name: where the file went when it is not found under its own; None if none."""
+    """The image recorded with this job's content (root, size, mtime, inode) under
+    another name: where the file went when it is not found under its own; None if none."""
     image = session.get(Image, job.image_id)
     assert image is not None  # foreign key
     return session.scalar(
         select(Image.id).where(
             Image.root_key == image.root_key, Image.rel_path != image.rel_path,
             Image.size == image.size, Image.mtime_ns == image.mtime_ns,
+            _same_inode(Image.inode, image.inode),
         ).order_by(Image.first_seen.desc(), Image.id.desc()).limit(1)
     )
 

@@ -156,6 +156,7 @@ class Image(Base):
     root_key: Mapped[str] = mapped_column(String(200))
     rel_path: Mapped[str] = mapped_column(FsPath())  # lossless: any bytes, any length
     path_key: Mapped[str] = mapped_column(String(64))  # SHA-256 of the stored rel_path
+    inode: Mapped[int | None] = mapped_column(BigInteger)  # st_ino when seen (renames)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -35,7 +35,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # the dashboard) checks the version without importing Alembic; a test asserts that this
 # equals the migrations directory's history. Append each new revision.
 REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007",
-                                 "0008", "0009", "0010")
+                                 "0008", "0009", "0010",
+                                 "0011")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

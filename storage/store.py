@@ -325,15 +325,18 @@ class Store(CaseMethods, MonitoringMethods):
         *,
         now: datetime | None = None,
         placement: Placement | None = None,
+        inode: int | None = None,
     ) -> Discovery | None:
         """Record a new file version and its pending job; None if already recorded.
 
-        ``placement`` (case folder and margin location) puts the image in its case.
+        ``placement`` (case folder and margin location) puts the image in its case;
+        ``inode`` (the file's st_ino) tells a renamed file from a copy.
         """
         now = _now(now)
         with self._write() as session:
             return _jobs.discover(
-                session, root_key, rel_path, size, mtime_ns, actor, now, placement=placement
+                session, root_key, rel_path, size, mtime_ns, actor, now, placement=placement,
+                inode=inode,
             )
 
     # --- the queue -----------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_readiness_needs_settle_and_a_trigger() -> None:
     clock.now += 1.5
     assert tracker.poll() == []  # unchanged only 1.5 s (settle_seconds is an extra wait)
     clock.now += 0.6
-    assert tracker.poll() == [ReadyFile("a.tif", 20, 2, "format")]
+    assert tracker.poll() == [ReadyFile("a.tif", 20, 2, "format", inode=0)]
     assert "a.tif" not in tracker
 
 
@@ -108,7 +108,7 @@ def test_readiness_close_then_write_again_is_not_ready() -> None:
     assert tracker.poll() == []  # the close no longer describes this content
     tracker.note("closed", "a.tif")
     clock.now += 1
-    assert tracker.poll() == [ReadyFile("a.tif", 30, 5, "format")]
+    assert tracker.poll() == [ReadyFile("a.tif", 30, 5, "format", inode=0)]
 
 
 def test_readiness_by_stable_polls_alone() -> None:
@@ -123,7 +123,7 @@ def test_readiness_by_stable_polls_alone() -> None:
         assert ready == []
         clock.now += 1
         ready = tracker.poll()
-    assert ready == [ReadyFile("a.tif", 10, 1, "polls")]
+    assert ready == [ReadyFile("a.tif", 10, 1, "polls", inode=0)]
     assert judged == []  # a file found by a scan needs stable polls, not the format check
 
 
@@ -147,9 +147,9 @@ def test_readiness_by_format_needs_no_wait_and_judges_each_content_once() -> Non
     files["a.tif"] = (20, 2)  # the rest of the file arrives and it is closed again
     verdicts["/x/a.tif"] = True
     tracker.note("closed", "a.tif")
-    assert tracker.poll() == [ReadyFile("a.tif", 20, 2, "format")]  # at once, no settle
+    assert tracker.poll() == [ReadyFile("a.tif", 20, 2, "format", inode=0)]  # at once, no settle
     # the unjudgeable file falls back to stable polls (its fourth unchanged poll)
-    assert tracker.poll() == [ReadyFile("b.xyz", 5, 1, "polls")]
+    assert tracker.poll() == [ReadyFile("b.xyz", 5, 1, "polls", inode=0)]
 
 
 def test_readiness_incomplete_for_good_still_becomes_ready_by_polls() -> None:
@@ -160,7 +160,7 @@ def test_readiness_incomplete_for_good_still_becomes_ready_by_polls() -> None:
     tracker.note("closed", "a.tif")
     assert tracker.poll() == []
     # recorded after stable polls: the reader fails it with a reason (a final state)
-    assert tracker.poll() == [ReadyFile("a.tif", 10, 1, "polls")]
+    assert tracker.poll() == [ReadyFile("a.tif", 10, 1, "polls", inode=0)]
 
 
 def test_readiness_forgets_deleted_files() -> None:

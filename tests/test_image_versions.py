@@ -192,3 +192,23 @@ def test_a_held_job_follows_its_file_to_a_new_name_recorded_first(store: Store) 
     assert rows == {old.image_id: "moved", new.image_id: "pending"}
     assert store.alerts() == []
     assert store.verify_audit().ok
+
+
+def test_the_inode_tells_a_renamed_file_from_a_copy(store: Store) -> None:
+    """Same size and mtime but another inode is a copy (``cp -p``), not the file that went
+    missing: it does not close the old job as moved; the file under its new name does."""
+    old = store.record_discovery("export", "caseA/a.tif", 100, 7, "daemon", inode=41)
+    copy = store.record_discovery("export", "caseC/a.tif", 100, 7, "daemon", inode=99)
+    assert old is not None and copy is not None
+    held = store.claim_job("w1", 30.0)
+    assert held is not None and held.job_id == old.job_id
+    assert store.follow_move(held.job_id, "w1") is None  # the copy is not where it went
+    store.fail_job(held.job_id, "w1", "FileNotFoundError", "caseA/a.tif: gone", 0.0, 5)
+    assert {r.image_id: r.state for r in store.list_images()}[old.image_id] == "pending"
+    renamed = store.record_discovery("export", "caseB/a.tif", 100, 7, "daemon", inode=41)
+    assert renamed is not None
+    rows = {r.image_id: r.state for r in store.list_images()}
+    assert rows == {old.image_id: "moved", copy.image_id: "pending", renamed.image_id: "pending"}
+    (event,) = [e for e in store.audit_events(old.image_id) if e.action == "image.moved"]
+    assert event.payload["new_image_id"] == renamed.image_id
+    assert store.alerts() == []
