@@ -14,8 +14,8 @@ module loads neither torch nor SQLAlchemy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,8 @@ class JobStore(Protocol):
         message: str,
         retry_after_seconds: float | None,
         max_attempts: int,
+        *,
+        quality: Mapping[str, Any] | None = None,
     ) -> FailOutcome: ...
 
     def release_job(self, job_id: int, owner: str) -> None: ...

@@ -158,6 +158,13 @@ _ADVICE: list[tuple[type[BaseException], str, bool]] = [
 ]
 
 
+def gate_measurements(exc: BaseException) -> dict[str, Any] | None:
+    """The quality gate's full report (every check: value, threshold, which way is bad)
+    of an image it stopped, for the audit trail; None for any other failure."""
+    report = getattr(exc, "report", None) if isinstance(exc, QualityGateError) else None
+    return None if report is None else report.to_dict()
+
+
 def describe_failure(exc: BaseException, abs_path: str, rel_path: str) -> tuple[str, str, bool]:
     """``(error_class, message, retryable)``; the message never carries the absolute path."""
     advice, retry = "internal error; see the daemon log and report it", True
@@ -465,14 +472,14 @@ class Pipeline:
             outcome.alert_id, time.monotonic() - work.started,
         )
 
-    def _durably(self, call: Callable[..., _T], *args: Any) -> _T:
-        """``call(*args)``, again and again while the database is unavailable (read-only,
+    def _durably(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``call(*args, **kwargs)``, again and again while the database is unavailable (read-only,
         full, restarting, locked): the outcome is recorded once it heals, the attempt
         not spent. Gives up (raises) only when the pipeline is stopping."""
         delay = 0.2
         while True:
             try:
-                return call(*args)
+                return call(*args, **kwargs)
             except DatabaseUnavailableError as exc:
                 if self._closing.is_set():
                     raise
@@ -524,6 +531,7 @@ class Pipeline:
             message,
             self.settings.retry_delay_seconds if retry else None,
             self.settings.max_attempts,
+            quality=gate_measurements(exc),
         )
         state = outcome.state
         self.counts["failed" if state == "failed" else "retry"] += 1

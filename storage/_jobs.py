@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -321,6 +322,17 @@ def record_assessment(
     return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` (JSON-ready) with NaN and infinities as None: canonical JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _quality_summary(quality: Any) -> dict[str, Any] | None:
     """The gate's values and tile counts for the audit trail (thresholds are in the row)."""
     if not quality:
@@ -366,6 +378,8 @@ def fail_or_retry(
     max_attempts: int,
     actor: str,
     now: datetime,
+    *,
+    quality: Mapping[str, Any] | None = None,
 ) -> FailOutcome:
     """Retry later (pending + not_before) or fail for good with a not-assessed alert."""
     message = display_path(message)  # a name in it may hold any bytes: one printable line
@@ -393,13 +407,22 @@ def fail_or_retry(
         return FailOutcome(
             state="pending", attempts=job.attempts, not_before=job.not_before, alert_id=None
         )
-    alert_id = fail_final(session, job, error_class, message, actor, now)
+    alert_id = fail_final(session, job, error_class, message, actor, now, quality=quality)
     return FailOutcome(state="failed", attempts=job.attempts, not_before=None, alert_id=alert_id)
 
 
 def fail_final(
-    session: Session, job: Job, error_class: str, message: str, actor: str, now: datetime
+    session: Session,
+    job: Job,
+    error_class: str,
+    message: str,
+    actor: str,
+    now: datetime,
+    *,
+    quality: Mapping[str, Any] | None = None,
 ) -> int:
+    """Fail ``job`` for good: a not-assessed alert and ``image.failed`` (audited), with the
+    quality gate's measurements when the gate stopped it."""
     message = display_path(message)
     job.state = "failed"
     job.error_class = error_class
@@ -427,6 +450,7 @@ def fail_final(
             "attempts": job.attempts,
             "error_class": error_class,
             "message": message,
+            **({} if quality is None else {"quality": _finite(quality)}),
         },
         actor,
         now,

@@ -531,16 +531,22 @@ class Store(CaseMethods, MonitoringMethods):
         retry_after_seconds: float | None,
         max_attempts: int,
         *,
+        quality: Mapping[str, Any] | None = None,
         actor: str | None = None,
         now: datetime | None = None,
     ) -> FailOutcome:
-        """Retry later (pending + not_before) or fail for good with a not-assessed alert."""
+        """Retry later (pending + not_before) or fail for good with a not-assessed alert.
+
+        ``quality``: the gate's report of an image it stopped; it goes into the
+        ``image.failed`` audit event, in the hash chain with the reason.
+        """
         now = _now(now)
         actor = actor or owner
         with self._write() as session:
             job = _jobs.held_job(session, job_id, owner)
             return _jobs.fail_or_retry(
-                session, job, error_class, message, retry_after_seconds, max_attempts, actor, now
+                session, job, error_class, message, retry_after_seconds, max_attempts, actor, now,
+                quality=quality,
             )
 
     # --- alerts, audit, heartbeat ---------------------------------------------------

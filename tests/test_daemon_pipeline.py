@@ -42,8 +42,8 @@ class CountingStore:
     def mark_duplicate(self, job_id, owner, sha256, of_prediction_id):  # noqa: ANN001, ANN201
         return self._store.mark_duplicate(job_id, owner, sha256, of_prediction_id)
 
-    def fail_job(self, *args):  # noqa: ANN002, ANN201
-        return self._store.fail_job(*args)
+    def fail_job(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return self._store.fail_job(*args, **kwargs)
 
 
 def _wait(predicate, seconds: float = 60.0) -> bool:  # noqa: ANN001

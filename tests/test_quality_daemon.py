@@ -64,6 +64,12 @@ def test_blurred_scan_ends_not_assessable_in_db_audit_and_dashboard(tmp_path: Pa
         daemon.db, "SELECT action, payload_json FROM audit_events "
         "WHERE action IN ('image.assessed', 'image.failed')")}
     assert "out of focus: focus " in payloads["image.failed"]["message"]
+    # the gated image keeps its whole measurement table, in the chain, like a prediction's
+    gated = payloads["image.failed"]["quality"]
+    assert gated["passed"] is False and gated["reason"].startswith("out of focus")
+    blur = gated["measurements"]["focus"]
+    assert blur["passed"] is False and blur["value"] < blur["threshold"]
+    assert set(gated["measurements"]) == set(stored["measurements"])
     assert payloads["image.assessed"]["quality"]["passed"] is True
     assert payloads["image.assessed"]["quality"]["values"]["focus"] == focus["value"]
     assert_audit_ok(daemon.db)
