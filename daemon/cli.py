@@ -1,6 +1,9 @@
 """The ``marginwatch`` command line.
 
-This is the one module that reaches every part of the product. Each command imports
+The root app, with the engine, daemon and tool commands; the record-keeping groups
+(``db``, ``audit``, ``case``, ``truth``, ``monitor``) are in ``_record_commands.py``, and
+what both share (exit codes, ``fail``, ``guarded``, options) in ``_cli_common.py``.
+Together they are the one place that reaches every part of the product. Each command imports
 its implementation lazily inside the function body, so that ``marginwatch audit``
 starts without loading torch. Errors from the :class:`MarginwatchError` family become
 one line on stderr and a non-zero exit code; nothing else is caught, so a real bug
@@ -13,22 +16,16 @@ or configuration, 130 interrupted.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from marginwatch.engine.errors import MarginwatchError
+from ._cli_common import ConfigOption, DbOption, guarded
+from ._record_commands import register as register_record_commands
 
 __all__ = ["app", "main"]
-
-T = TypeVar("T")
-
-EXIT_CHECK_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="marginwatch",
@@ -71,41 +68,6 @@ def _root(
     """Research software (not a medical device)."""
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    """Print ``marginwatch: error: message`` to stderr and return the Exit to raise."""
-    typer.echo(f"marginwatch: error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def guarded(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``call``; a MarginwatchError becomes a one-line message and exit code 2."""
-    try:
-        return call(*args, **kwargs)
-    except MarginwatchError as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar="MARGINWATCH_CONFIG",
-        help="TOML configuration file (default: $MARGINWATCH_CONFIG, else built-in defaults).",
-        show_default=False,
-    ),
-]
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        help="Database URL (sqlite:///PATH or postgresql+psycopg://...), or a SQLite file path.",
-        show_default=False,
-    ),
-]
-
-
 # --- engine commands (predict) ---------------------------------------------------
 
 
@@ -139,256 +101,9 @@ def predict_command(
                    config_path=config, backend_name=backend)
     raise typer.Exit(code)
 
-# --- storage commands (db, audit) ------------------------------------------------
+# --- record-keeping commands (db, audit, case, truth, monitor): _record_commands.py
 
-db_app = typer.Typer(help="Database schema: create and migrate.", no_args_is_help=True)
-audit_app = typer.Typer(
-    help="Auditor commands: read-only queries and the audit-chain check.", no_args_is_help=True
-)
-app.add_typer(db_app, name="db")
-app.add_typer(audit_app, name="audit")
-
-
-@db_app.command("upgrade")
-def db_upgrade_command(db: DbOption = None, config: ConfigOption = None) -> None:
-    """Create the database or migrate it to this version's schema."""
-    from marginwatch.daemon._db_cli import db_upgrade
-
-    guarded(db_upgrade, db, config)
-
-
-@db_app.command("current")
-def db_current_command(db: DbOption = None, config: ConfigOption = None) -> None:
-    """Print the schema revision (exit 1 when it is not this version's head)."""
-    from marginwatch.daemon._db_cli import db_current
-
-    raise typer.Exit(guarded(db_current, db, config))
-
-
-@audit_app.command("list")
-def audit_list_command(
-    db: DbOption = None,
-    config: ConfigOption = None,
-    since: Annotated[
-        str | None, typer.Option(help="first seen at/after: ISO date/time (UTC) or 24h, 7d")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="first seen before: as --since")] = None,
-    decision: Annotated[str | None, typer.Option(help="positive or negative")] = None,
-    kind: Annotated[
-        str | None, typer.Option(help="alert kind: tumour-at-margin or not-assessed")
-    ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
-) -> None:
-    """One row per image with its final state."""
-    from marginwatch.daemon._audit_cli import audit_list
-
-    guarded(audit_list, db, config, since, until, decision, kind, fmt)
-
-
-@audit_app.command("show")
-def audit_show_command(
-    image_id: Annotated[str, typer.Argument(help="image id (or a unique prefix)")],
-    db: DbOption = None,
-    config: ConfigOption = None,
-    cam: Annotated[Path | None, typer.Option(help="write the heatmap overlay PNG here")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
-) -> None:
-    """Everything recorded about one image: file, hashes, model, result, alerts, events."""
-    from marginwatch.daemon._audit_cli import audit_show
-
-    guarded(audit_show, db, config, image_id, cam, fmt)
-
-
-@audit_app.command("export")
-def audit_export_command(
-    out: Annotated[Path, typer.Argument(help="output file ('-' for stdout)")],
-    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "json",
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Export every image (csv) or images, events and the chain check (json)."""
-    from marginwatch.daemon._audit_cli import audit_export
-
-    guarded(audit_export, db, config, fmt, out)
-
-
-@audit_app.command("verify")
-def audit_verify_command(
-    db: DbOption = None,
-    config: ConfigOption = None,
-    anchor: Annotated[
-        Path | None,
-        typer.Option(help="chain-head file: checked when present, then written/advanced"),
-    ] = None,
-) -> None:
-    """Walk the audit hash chain: exit 0 intact, 1 naming the first bad event."""
-    from marginwatch.daemon._audit_cli import audit_verify
-
-    raise typer.Exit(guarded(audit_verify, db, config, anchor))
-
-
-# --- case commands (list, show, close, report) ----------------------------------
-
-case_app = typer.Typer(
-    help="Cases (one per specimen folder) and their margin locations.", no_args_is_help=True
-)
-app.add_typer(case_app, name="case")
-CaseArgument = Annotated[
-    str, typer.Argument(metavar="CASE", help="Case id (or a unique prefix) or folder name.")
-]
-CaseJson = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
-
-
-@case_app.command("list")
-def case_list_command(
-    open_only: Annotated[bool, typer.Option("--open", help="Only cases still open.")] = False,
-    since: Annotated[
-        str | None, typer.Option(help="with an image at/after: ISO date/time (UTC) or 24h, 7d")
-    ] = None,
-    as_json: CaseJson = False,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Cases with their status (worst location) and counts, latest first (read-only)."""
-    from marginwatch.daemon._case_cli import case_list
-
-    guarded(case_list, db, config, open_only, since, as_json)
-
-
-@case_app.command("show")
-def case_show_command(
-    case: CaseArgument, as_json: CaseJson = False, db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """One case: status per location, its images and its audit events (read-only)."""
-    from marginwatch.daemon._case_cli import case_show
-
-    guarded(case_show, db, config, case, as_json)
-
-
-@case_app.command("close")
-def case_close_command(
-    case: CaseArgument,
-    by: Annotated[str, typer.Option("--by", help="Who closes it (recorded in the audit log).")],
-    note: Annotated[
-        str | None, typer.Option("--note", help="Optional note.", show_default=False)
-    ] = None,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Close a case (audited); a later image reopens it, visibly and audited."""
-    from marginwatch.daemon._case_cli import case_close
-
-    guarded(case_close, db, config, case, by, note, echo=typer.echo)
-
-
-@case_app.command("report")
-def case_report_command(
-    case: CaseArgument,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the HTML report into.")],
-    pdf: Annotated[bool, typer.Option("--pdf", help="Also write it as a PDF (matplotlib).")]
-    = False,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """One self-contained HTML file for the pathology record (research use; read-only)."""
-    from marginwatch.daemon._case_cli import case_report
-
-    guarded(case_report, db, config, case, out, echo=typer.echo, pdf=pdf)
-
-
-# --- ground truth and monitoring (truth import, monitor) -------------------------
-
-truth_app = typer.Typer(help="Ground truth: final histopathology per image.",
-                        no_args_is_help=True)
-app.add_typer(truth_app, name="truth")
-monitor_app = typer.Typer(help="Live performance against ground truth, drift and alarms "
-                          "(reads the database only, unless --raise-alarms).",
-                          invoke_without_command=True)
-app.add_typer(monitor_app, name="monitor")
-
-
-@truth_app.command("import")
-def truth_import_command(
-    file: Annotated[Path, typer.Argument(help="CSV: path|sha256|image, status|label, "
-                                         "[reported_by, report_date, note].")],
-    by: Annotated[str, typer.Option("--by", help="Who imports it (recorded in the audit log).")],
-    skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Write the good rows and report the bad ones.")] = False,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Import histopathology margin status (audited; a changed label is a correction)."""
-    from marginwatch.daemon._truth_cli import truth_import
-
-    raise typer.Exit(guarded(truth_import, file, by=by, skip_bad=skip_bad, db=db,
-                             config_path=config, echo=typer.echo,
-                             err=lambda line: typer.echo(line, err=True)))
-
-
-@monitor_app.callback()
-def monitor_command(
-    ctx: typer.Context,
-    since: Annotated[str | None, typer.Option(
-        help="predictions at/after: ISO date/time (UTC) or 24h, 7d")] = None,
-    until: Annotated[str | None, typer.Option(help="predictions before: as --since")] = None,
-    report: Annotated[Path | None, typer.Option(
-        "--report", help="Write monitor.json and the PNG figures into this folder.",
-        show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    per_cases: Annotated[int | None, typer.Option(
-        "--per-cases", min=1, help="Trend per N cases (default: per month).",
-        show_default=False)] = None,
-    raise_alarms: Annotated[bool, typer.Option(
-        "--raise-alarms", help="Record alarm conditions as alarms (opens the database "
-        "read-write; audited).")] = False,
-    resamples: Annotated[int, typer.Option(
-        "--resamples", min=100, help="Case-level bootstrap resamples.")] = 2000,
-    target_sensitivity: Annotated[float | None, typer.Option(
-        "--target-sensitivity", min=0.01, max=1.0, help="Sensitivity alarm target (default: "
-        "the model card's, else 0.90).", show_default=False)] = None,
-    calibration_margin: Annotated[float, typer.Option(
-        "--calibration-margin", min=0.0, help="Brier/ECE worse than the card's by more "
-        "than this (CI lower bound) raises the calibration alarm.")] = 0.05,
-    drift_p_value: Annotated[float, typer.Option(
-        "--drift-p-value", min=1e-12, max=0.5, help="Input-drift alarm below this "
-        "Bonferroni-adjusted KS p-value.")] = 0.001,
-    drift_window: Annotated[int, typer.Option(
-        "--drift-window", min=2, help="Most recent images tested for input drift.")] = 200,
-    drift_min_images: Annotated[int, typer.Option(
-        "--drift-min-images", min=2, help="Fewer images: no drift test.")] = 30,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Sensitivity, specificity, PPV, NPV, AUC, Brier (case-level CIs), drift, alarms."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from marginwatch.daemon._monitor_cli import run_monitor
-    from marginwatch.tools.monitoring import MonitorSettings
-
-    settings = MonitorSettings(
-        target_sensitivity=target_sensitivity, calibration_margin=calibration_margin,
-        drift_p_value=drift_p_value, drift_window=drift_window,
-        drift_min_images=drift_min_images, resamples=resamples,
-    )
-    raise typer.Exit(guarded(run_monitor, db=db, config_path=config, since=since, until=until,
-                             report=report, as_json=as_json, per_cases=per_cases,
-                             raise_alarms=raise_alarms, settings=settings, echo=typer.echo))
-
-
-@monitor_app.command("ack")
-def monitor_ack_command(
-    alarm_id: Annotated[int, typer.Argument(metavar="ALARM_ID", help="The alarm's number.")],
-    by: Annotated[str, typer.Option("--by", help="Who acknowledges it (audited).")],
-    note: Annotated[str | None, typer.Option("--note", show_default=False)] = None,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Acknowledge a monitoring alarm: it leaves the dashboard header (audited)."""
-    from marginwatch.daemon._monitor_cli import run_monitor_ack
-
-    raise typer.Exit(guarded(run_monitor_ack, alarm_id, by=by, note=note, db=db,
-                             config_path=config, echo=typer.echo))
+register_record_commands(app)
 
 
 # --- daemon commands (run) -------------------------------------------------------
@@ -581,21 +296,38 @@ def export_command(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write OUT/<case>/<name>.tif and OUT/manifest.csv.")],
-    images: Annotated[int | None, typer.Option(help="Number of images (default: 275, external 46).")] = None,
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write OUT/<case>/<name>.tif and OUT/manifest.csv.")
+    ],
+    images: Annotated[
+        int | None, typer.Option(help="Number of images (default: 275, external 46).")
+    ] = None,
     tumour_fraction: Annotated[
         float | None, typer.Option(help="Share labelled tumour (default: 37/275, external 0.5).")
     ] = None,
-    patients: Annotated[int | None, typer.Option(help="Number of patients (default: 24, external 10).")] = None,
-    centre: Annotated[str, typer.Option(help="development | external (other stain, noise, pixel size).")] = "development",
+    patients: Annotated[
+        int | None, typer.Option(help="Number of patients (default: 24, external 10).")
+    ] = None,
+    centre: Annotated[
+        str, typer.Option(help="development | external (other stain, noise, pixel size).")
+    ] = "development",
     profile: Annotated[str, typer.Option(help="grey | reflectance+fluorescence | rgb")] = "grey",
     mosaic: Annotated[bool, typer.Option(help="Large tiled pyramidal TIFFs.")] = False,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
-    size_px: Annotated[int | None, typer.Option(help="Image side in pixels (default 1024; mosaic 4096).")] = None,
+    size_px: Annotated[
+        int | None, typer.Option(help="Image side in pixels (default 1024; mosaic 4096).")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: min(4, CPUs)).")] = None,
-    force: Annotated[bool, typer.Option(help="Write into a folder that already has a manifest.")] = False,
-    degrade: Annotated[str | None, typer.Option(
-        help="blur | saturate | faint | bubbles | partial | seams: scans the quality gate must stop.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Write into a folder that already has a manifest.")
+    ] = False,
+    degrade: Annotated[
+        str | None,
+        typer.Option(
+            help="blur | saturate | faint | bubbles | partial | seams: scans the quality gate "
+            "must stop."
+        ),
+    ] = None,
     strength: Annotated[float, typer.Option(help="Degradation strength in (0, 1].")] = 1.0,
 ) -> None:
     """Write a synthetic FCM export (research use: synthetic data) and its manifest."""
