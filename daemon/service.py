@@ -8,7 +8,9 @@ stays responsive (signals, WATCHDOG=1):
 - every ``poll_interval_seconds``, and ``settle_seconds`` after a close-after-write or
   move-in event (so such a file is taken when it has settled, not at the next tick):
   poll the tracker; each ready file is recorded durably as a pending job
-  (``Store.record_discovery``; the same path+size+mtime never twice);
+  (``Store.record_discovery``; the same path+size+mtime never twice); a file ready by
+  its format, with a worker free, is leased in that same transaction and goes straight
+  to the pipeline;
 - claim jobs (leases) while the :class:`Pipeline` has room; extend the leases of jobs in
   flight; put expired leases of dead workers back (``requeue_expired``);
 - heartbeat row + ``STATUS=`` every ``heartbeat_seconds``; ``WATCHDOG=1`` when asked.
@@ -333,10 +335,16 @@ class Service:
             key = (ready.rel_path, ready.size, ready.mtime_ns)
             if key in self._known:
                 continue
+            # A file ready by its format (a close or move event, complete structure) is
+            # leased in its discovery transaction when a worker is free: one commit less
+            # between the event and the alert. Files found by polls wait for _claim.
+            lease_now = ready.by == "format" and self._has_capacity()
             try:
                 found = self.store.record_discovery(
                     self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner,
                     placement=self._placement(ready.rel_path), inode=ready.inode,
+                    lease_to=self.owner if lease_now else None,
+                    lease_seconds=self.config.daemon.lease_seconds,
                 )
             except DatabaseUnavailableError:
                 # The database, not the file: these files wait again (nothing is lost
@@ -353,6 +361,9 @@ class Service:
             self._known.add(key)
             if found is not None:
                 self.recorded += 1
+                if found.claimed is not None:
+                    self.claimed += 1
+                    self.pipeline.submit(found.claimed)
 
     def _placement(self, rel_path: str) -> Placement:
         """Case and location of a new image; never raises (the image must not be lost)."""
@@ -383,9 +394,12 @@ class Service:
 
     # --- the queue ---------------------------------------------------------------------------
 
+    def _has_capacity(self) -> bool:
+        return self.pipeline.in_flight() < self._capacity() and self.should_keep_running()
+
     def _claim(self) -> None:
         d = self.config.daemon
-        while self.pipeline.in_flight() < self._capacity() and self.should_keep_running():
+        while self._has_capacity():
             # Only our folder's jobs: daemons watching other folders may share the database.
             job = self.store.claim_job(self.owner, d.lease_seconds, root_key=self.root_key)
             if job is None:

@@ -65,10 +65,12 @@ def discover(
     *,
     placement: Placement | None = None,
     inode: int | None = None,
+    lease: tuple[str, datetime] | None = None,
 ) -> Discovery | None:
     """A new file version and its pending job (audited); None if already recorded.
 
-    With ``placement`` the image goes into its case (see :func:`_cases.place`).
+    With ``placement`` the image goes into its case (see :func:`_cases.place`); with
+    ``lease`` (owner, expiry) the new job is leased at once, as :func:`claim` would.
     """
     key = path_key(rel_path)
     seen = session.scalar(
@@ -127,7 +129,8 @@ def discover(
         )
     ).all():
         close_moved(session, gone, image.id, actor, now)
-    return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path)
+    claimed = None if lease is None else _lease(job, image, lease[0], now, lease[1])
+    return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path, claimed=claimed)
 
 
 def claim(
@@ -149,6 +152,11 @@ def claim(
     if row is None:
         return None
     job, image = row
+    return _lease(job, image, owner, now, expires)
+
+
+def _lease(job: Job, image: Image, owner: str, now: datetime, expires: datetime) -> ClaimedJob:
+    """``pending`` -> ``processing``, leased to ``owner`` until ``expires``: one attempt."""
     job.state = "processing"
     job.attempts += 1
     job.lease_owner = owner

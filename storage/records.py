@@ -43,11 +43,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Discovery:
-    """A newly recorded image file and its pending job."""
+    """A newly recorded image file and its job: pending, or ``claimed`` (leased in the
+    same transaction, ``Store.record_discovery(lease_to=...)``)."""
 
     image_id: str
     job_id: int
     rel_path: str
+    claimed: ClaimedJob | None = None
 
 
 @dataclass(frozen=True)

@@ -326,17 +326,22 @@ class Store(CaseMethods, MonitoringMethods):
         now: datetime | None = None,
         placement: Placement | None = None,
         inode: int | None = None,
+        lease_to: str | None = None,
+        lease_seconds: float = 60.0,
     ) -> Discovery | None:
         """Record a new file version and its pending job; None if already recorded.
 
         ``placement`` (case folder and margin location) puts the image in its case;
-        ``inode`` (the file's st_ino) tells a renamed file from a copy.
+        ``inode`` (the file's st_ino) tells a renamed file from a copy. ``lease_to``
+        leases the new job to that owner in the same transaction (``Discovery.claimed``),
+        saving the separate claim's commit for a file that is ready now.
         """
         now = _now(now)
+        lease = None if lease_to is None else (lease_to, now + timedelta(seconds=lease_seconds))
         with self._write() as session:
             return _jobs.discover(
                 session, root_key, rel_path, size, mtime_ns, actor, now, placement=placement,
-                inode=inode,
+                inode=inode, lease=lease,
             )
 
     # --- the queue -----------------------------------------------------------------

@@ -109,6 +109,27 @@ def test_claim_restricted_to_one_root(store):
     assert job.root_key == "export" and job.rel_path == "case1/a.tif"
 
 
+def test_a_discovery_can_lease_its_job_in_the_same_transaction(store):
+    """``lease_to``: the new job is processing, leased to the owner, one attempt spent,
+    exactly as claim_job would leave it; nothing is left for a second claim."""
+    found = store.record_discovery("export", "case1/a.tif", 1, 1, "host:a", now=T0,
+                                   lease_to="w1", lease_seconds=60)
+    assert found is not None and found.claimed is not None
+    claimed = found.claimed
+    assert (claimed.job_id, claimed.image_id, claimed.rel_path) == (
+        found.job_id, found.image_id, "case1/a.tif")
+    assert claimed.attempts == 1 and claimed.lease_expires_at == T0 + timedelta(seconds=60)
+    assert store.claim_job("w2", 60, now=T0) is None  # already leased
+    store.extend_lease(claimed.job_id, "w1", 60, now=T0)  # held by w1, as after a claim
+    with pytest.raises(ConflictError):
+        store.extend_lease(claimed.job_id, "w2", 60, now=T0)
+    # without lease_to the job stays pending for the next claim
+    plain = store.record_discovery("export", "case1/b.tif", 1, 1, "host:a", now=T0)
+    assert plain is not None and plain.claimed is None
+    assert store.claim_job("w2", 60, now=T0).job_id == plain.job_id
+    assert store.verify_audit().ok
+
+
 def test_sqlite_writers_take_the_lock_at_begin(tmp_path):
     """BEGIN IMMEDIATE (not pysqlite's deferred BEGIN): a second writer is refused at once."""
     import sqlite3
