@@ -21,6 +21,10 @@ three in a row, a chunk at a time.
 
 Axis order at the boundaries: source arrays (H, W, C); tiles (T, 3, H, W); heatmap and
 overview (H / scale, W / scale).
+
+:class:`PreparedImage` itself (on-demand tile reading and the per-tile quality
+bookkeeping) is in engine._prepared and is re-exported here; this module keeps the
+planning, the decision (:class:`Assessment`, :class:`TileResult`) and the heatmap.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,14 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from ._limits import check_pixels
+from ._prepared import PreparedImage, _tile_saturation
 from ._tile_reader import TileReader
 from .aggregation import aggregate
-from .card import DeviceProfile, Normalisation
+from .card import DeviceProfile
 from .config import Config, EngineConfig
 from .errors import InputError, NoTissueError, QualityGateError
 from .inference import Inference
 from .model import Model
-from .normalisation import normalise_tiles
 from .profiles import (
     check_channels,
     intensity_high,
@@ -54,13 +57,10 @@ from .profiles import (
     to_rgb,
 )
 from .quality import (
-    FOCUS_DOWNSAMPLE,
     QualityReport,
     effective_thresholds,
     gate,
     measure_overview,
-    tile_focus,
-    tile_masks,
 )
 from .reader import open_image
 from .tiling import Box, plan_tiles, tile_source_px
@@ -85,110 +85,6 @@ class TileResult:
     probability: float  # calibrated
     raw_probability: float
     tissue_fraction: float
-
-
-@dataclass(eq=False)
-class PreparedImage:
-    """An image read, checked and planned; its tiles are read on demand.
-
-    ``iter_tiles(chunk)`` yields the tiles in plan order as ``(n, 3, S, S)`` uint8 RGB
-    chunks of at most ``chunk`` tiles, reading their regions from the still-open file,
-    and closes the file after the last one (one pass). ``tiles`` materialises them all
-    at once, normalised float32 ``(T, 3, S, S)`` as the network takes them: meant for
-    small images (tests, tools); a large mosaic should be streamed. Use as a context
-    manager (or call ``close()``) when the tiles may not all be read.
-    """
-
-    path: str
-    boxes: list[Box]
-    footprints: list[Box]  # the boxes before clipping: what each (padded) tile covers
-    tissue_fractions: list[float]
-    sha256: str
-    shape: tuple[int, int, int]  # (H, W, C) of the level read
-    dtype: str
-    um_per_px: float
-    um_per_px_source: str  # "tiff-resolution" | "ome" | "config" | "profile-default"
-    profile: str
-    tile_px: int  # tile side in source pixels
-    heatmap_scale: int  # source pixels per heatmap / preview pixel
-    preview_rgb: np.ndarray  # (H / scale, W / scale, 3) uint8 digital H&E
-    tile_size: int = 0  # S: the model's input side in pixels
-    normalisation: Normalisation = field(default_factory=Normalisation)
-    level: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    # quality gate (engine.quality): image-level values, per-tile values (focus is
-    # filled in as the tiles are read), and the overview tissue mask for the tiles
-    quality_image: dict[str, float | None] = field(default_factory=dict)
-    quality_tiles: list[dict[str, float | None]] = field(default_factory=list)
-    mask: np.ndarray | None = field(default=None, repr=False)
-    _reader: TileReader | None = field(default=None, repr=False)
-    _rgb: torch.Tensor | None = field(default=None, repr=False)  # all tiles, once materialised
-    _consumed: bool = field(default=False, repr=False)
-
-    def __len__(self) -> int:
-        """Number of tiles."""
-        return len(self.boxes)
-
-    def iter_tiles(self, chunk: int) -> Iterator[torch.Tensor]:
-        """(n <= chunk, 3, S, S) uint8 RGB tiles in plan order; closes the file at the end."""
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1 tile; got {chunk}")
-        if self._rgb is not None:
-            yield from self._rgb.split(chunk)
-            return
-        reader = self._reader
-        if reader is None or reader.closed or self._consumed:
-            raise InputError(
-                f"{self.path}: its tiles were already read or the image was closed; "
-                "prepare it again"
-            )
-        self._consumed = True
-        try:
-            for start in range(0, len(self.boxes), chunk):
-                stop = min(len(self.boxes), start + chunk)
-                tiles = reader.read(start, stop, self.timings)
-                self._measure(start, stop, tiles)
-                yield tiles
-        finally:
-            self.close()
-
-    def _measure(self, start: int, stop: int, tiles: torch.Tensor) -> None:
-        """The focus of tiles ``start:stop`` (engine.quality), into ``quality_tiles``."""
-        if self.mask is None or len(self.quality_tiles) != len(self.boxes):
-            return
-        started = time.perf_counter()
-        reduced = self.tile_size // FOCUS_DOWNSAMPLE
-        masks = tile_masks(
-            self.mask, self.boxes[start:stop], self.heatmap_scale, self.tile_px, reduced
-        )
-        for index, focus in enumerate(tile_focus(tiles, masks), start=start):
-            self.quality_tiles[index]["focus"] = focus
-        self.timings["quality"] = self.timings.get("quality", 0.0) + (
-            time.perf_counter() - started
-        )
-
-    @property
-    def tiles(self) -> torch.Tensor:
-        """Every tile at once, normalised float32 (T, 3, S, S): for small images only.
-
-        Holds all tiles in memory (as uint8, plus the float copy returned); a large
-        mosaic should go through :meth:`iter_tiles` instead.
-        """
-        if self._rgb is None:
-            self._rgb = torch.cat(list(self.iter_tiles(64)))
-        return normalise_tiles(self._rgb, self.normalisation)
-
-    def close(self) -> None:
-        """Release the image file (idempotent; tiles already materialised stay)."""
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
-
-    def __enter__(self) -> PreparedImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(eq=False)
@@ -349,19 +245,6 @@ def _plan(
         mask=mask,
         _reader=TileReader(source, boxes, profile, high, tile_px, size),
     )
-
-
-def _tile_saturation(absolute: np.ndarray, mask: np.ndarray, box: Box, factor: int) -> float | None:
-    """Share of the tissue under ``box`` (source px) at saturation, on the overview."""
-    from .quality import MIN_MEASURE_PX, SATURATED_LEVEL
-
-    x0, y0, x1, y1 = box
-    rows = slice(y0 // factor, max(y0 // factor + 1, -(-y1 // factor)))
-    cols = slice(x0 // factor, max(x0 // factor + 1, -(-x1 // factor)))
-    tissue = absolute[rows, cols][mask[rows, cols]]
-    if tissue.size < MIN_MEASURE_PX // 4:
-        return None
-    return float((np.nan_to_num(tissue, nan=0.0) >= SATURATED_LEVEL).mean())
 
 
 def _dtype_range(dtype: str, channels: int) -> np.ndarray:
