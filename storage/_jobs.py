@@ -3,6 +3,9 @@
 discover -> claim -> (record_assessment | close_duplicate | fail_or_retry), and the
 ways a job goes back: put_back (released), requeue_lost (lease expired, owner gone).
 
+The steps in which the file is not read (superseded, moved, waiting for a file still
+changing, put back) are in :mod:`._job_unread`, re-exported here.
+
 Kept apart from :mod:`store` so each stays readable; nothing here commits: the caller's
 ``with store._write()`` block is the transaction, so a crash between any two steps leaves
 all of a job's records or none of them (tests/test_storage_crash.py kills a writer
@@ -20,10 +23,11 @@ from typing import Any
 
 from marginwatch.engine.errors import ConflictError, NotFoundError
 from marginwatch.engine.pathnames import display_path
-from sqlalchemy import or_, select, true
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import _cases, _digests, audit
+from ._job_unread import _same_inode, close_moved, moved_to, put_back, supersede, wait_for_change
 from ._paths import path_key
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
 from .records import (
@@ -44,6 +48,7 @@ __all__ = [
     "fail_final",
     "fail_or_retry",
     "held_job",
+    "moved_to",
     "orphaned",
     "put_back",
     "record_assessment",
@@ -476,98 +481,6 @@ def fail_final(
         "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
     )
     return alert.id
-
-
-def _close_unread(
-    session: Session, job: Job, state: str, event: str, other: dict[str, str],
-    actor: str, now: datetime,
-) -> None:
-    """End a job whose file was never read because another image holds its content
-    (``superseded`` by a newer version, or ``moved`` to a new name): no attempt, no alert."""
-    job.state = state
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.finished_at = now
-    job.updated_at = now
-    audit.append_event(
-        session, event, job.image_id, {"job_id": job.id, "attempts": job.attempts, **other},
-        actor, now,
-    )
-    logger.info("image %s %s: see image %s (job %d)", job.image_id, state,
-                next(iter(other.values())), job.id)
-
-
-def supersede(session: Session, job: Job, newer_image_id: str, actor: str, now: datetime) -> None:
-    """Close a job whose file changed before it was read: the newer version is assessed."""
-    _close_unread(session, job, "superseded", "image.superseded",
-                  {"newer_image_id": newer_image_id}, actor, now)
-
-
-def wait_for_change(
-    session: Session, job: Job, retry_after_seconds: float, actor: str, now: datetime
-) -> str:
-    """The held job's file is still changing: not an attempt. ``superseded`` if a newer
-    version of the file is recorded already, else back to ``pending`` after a delay (the
-    newer version, once the readiness tracker records it, supersedes it)."""
-    image = session.get(Image, job.image_id)
-    assert image is not None  # foreign key
-    newer = session.scalar(
-        select(Image.id).where(Image.previous_id == image.id).order_by(Image.id).limit(1)
-    )
-    if newer is not None:
-        supersede(session, job, newer, actor, now)
-        return "superseded"
-    put_back(job, now)
-    job.attempts = max(0, job.attempts - 1)
-    job.not_before = now + timedelta(seconds=retry_after_seconds)
-    audit.append_event(
-        session,
-        "job.released",
-        job.image_id,
-        {"job_id": job.id, "attempts": job.attempts, "reason": "file still changing",
-         "not_before": job.not_before.isoformat()},
-        actor,
-        now,
-    )
-    return "pending"
-
-
-def _same_inode(column: Any, inode: int | None) -> Any:
-    """The inode matches when both sides know it (a rename keeps it; a copy with the same
-    size and mtime does not); rows recorded before inodes were (0011) match on the rest."""
-    if inode is None:
-        return true()
-    return or_(column.is_(None), column == inode)
-
-
-def moved_to(session: Session, job: Job) -> str | None:
-    """The image recorded with this job's content (root, size, mtime, inode) under
-    another name: where the file went when it is not found under its own; None if none."""
-    image = session.get(Image, job.image_id)
-    assert image is not None  # foreign key
-    return session.scalar(
-        select(Image.id).where(
-            Image.root_key == image.root_key, Image.rel_path != image.rel_path,
-            Image.size == image.size, Image.mtime_ns == image.mtime_ns,
-            _same_inode(Image.inode, image.inode),
-        ).order_by(Image.first_seen.desc(), Image.id.desc()).limit(1)
-    )
-
-
-def close_moved(session: Session, job: Job, new_image_id: str, actor: str, now: datetime) -> None:
-    """Close a job whose file was renamed before it was read: assessed under its new name."""
-    _close_unread(session, job, "moved", "image.moved", {"new_image_id": new_image_id}, actor,
-                  now)
-
-
-def put_back(job: Job, now: datetime) -> None:
-    """``processing`` -> ``pending``, runnable at once, lease dropped."""
-    job.state = "pending"
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.updated_at = now
 
 
 def requeue_lost(

@@ -10,6 +10,11 @@ takes the audit chain's advisory lock (one lock order everywhere: chain, then ro
         found = store.record_discovery("export", "case1/a.tif", size, mtime_ns, actor)
         job = store.claim_job("host:1234", lease_seconds=120)
         store.finish_job(job.job_id, "host:1234", AssessmentRecord(...))
+
+This module holds the opening, the sessions, the queue and the audited writes; the
+``Store`` inherits its read-only queries from :class:`._store_reads.ReadMethods`, its case
+methods from :class:`._case_store.CaseMethods` and its monitoring methods from
+:class:`.truth.MonitoringMethods`.
 """
 
 from __future__ import annotations
@@ -35,21 +40,16 @@ from sqlalchemy.orm import Session
 from . import _digests, _jobs, _queries, audit, schema
 from ._case_store import CaseMethods
 from ._connection import Target, check_sqlite_file, make_engine, parse_target, translate_errors
-from .models import Alert, AuditEvent, Heartbeat, Image, ModelRow, Prediction
+from ._store_reads import ReadMethods
+from .models import Alert, AuditEvent, Heartbeat, ModelRow
 from .records import (
-    AlertDetail,
     AlertView,
     AssessmentRecord,
     AuditEventView,
-    AuditReport,
     ClaimedJob,
-    Counters,
     Discovery,
     FailOutcome,
     FinishOutcome,
-    HeartbeatView,
-    ImageDetail,
-    ImageRow,
     Placement,
 )
 from .truth import MonitoringMethods
@@ -72,7 +72,7 @@ def _now(now: datetime | None) -> datetime:
     return now
 
 
-class Store(CaseMethods, MonitoringMethods):
+class Store(ReadMethods, CaseMethods, MonitoringMethods):
     """An open database. Use :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(
@@ -480,17 +480,6 @@ class Store(CaseMethods, MonitoringMethods):
                 _jobs.requeue_lost(session, job, "owner-gone", max_attempts, actor, now)
             return len(jobs)
 
-    def find_assessment(self, sha256: str, model_id: int) -> int | None:
-        """The id of an earlier prediction of the same bytes by the same model."""
-        with self._read() as session:
-            return session.scalar(
-                select(Prediction.id)
-                .join(Image, Image.id == Prediction.image_id)
-                .where(Image.sha256 == sha256, Prediction.model_id == model_id)
-                .order_by(Prediction.id)
-                .limit(1)
-            )
-
     def finish_job(
         self,
         job_id: int,
@@ -602,30 +591,6 @@ class Store(CaseMethods, MonitoringMethods):
                 audit.append_event(session, action, object_id, payload, actor, _now(now))
             )
 
-    def verify_audit(
-        self, anchor: audit.AuditAnchor | str | os.PathLike[str] | None = None
-    ) -> AuditReport:
-        """Walk the hash chain; with an anchor (object or file), also check it is in it.
-
-        An anchor *file* that does not exist yet is not checked (``anchor_checked`` False):
-        the caller writes one from the report (:meth:`AuditAnchor.write`).
-        """
-        if anchor is not None and not isinstance(anchor, audit.AuditAnchor):
-            anchor = audit.AuditAnchor.read(anchor) if Path(anchor).exists() else None
-        with self._read() as session:
-            return audit.verify_chain(session, anchor)
-
-    def audit_events(
-        self,
-        object_id: str | None = None,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEventView]:
-        with self._read() as session:
-            return _queries.audit_events(session, object_id, since, until, limit)
-
     def heartbeat(
         self,
         owner: str,
@@ -654,68 +619,3 @@ class Store(CaseMethods, MonitoringMethods):
             if row.owner != owner:
                 row.started_at = now
             row.owner, row.status, row.details_json, row.beat_at = owner, status, body, now
-
-    def read_heartbeat(self) -> HeartbeatView | None:
-        with self._read() as session:
-            return _queries.heartbeat(session)
-
-    # --- reads for the dashboard and auditors --------------------------------------
-
-    def open_alerts(self) -> list[AlertView]:
-        with self._read() as session:
-            return _queries.alerts(session, open_only=True)
-
-    def alerts(self, *, open_only: bool = False, limit: int | None = None) -> list[AlertView]:
-        with self._read() as session:
-            return _queries.alerts(session, open_only=open_only, limit=limit)
-
-    def latest_alert_detail(self) -> AlertDetail | None:
-        """The newest unacknowledged alert with its tiles and heatmap."""
-        with self._read() as session:
-            return _queries.latest_alert_detail(session)
-
-    def recent_results(self, limit: int = 10) -> list[ImageRow]:
-        with self._read() as session:
-            return _queries.image_rows(session, limit=limit)
-
-    def counters(self, since: datetime) -> Counters:
-        with self._read() as session:
-            return _queries.counters(session, _now(since))
-
-    def queue_depth(self) -> int:
-        """Jobs not finished yet: pending (including retries waiting) plus processing."""
-        with self._read() as session:
-            return _queries.queue_depth(session)
-
-    def list_images(
-        self,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        decision: bool | None = None,
-        kind: str | None = None,
-        state: str | None = None,
-        limit: int | None = None,
-        newest_first: bool = True,
-    ) -> list[ImageRow]:
-        """One row per image with its final state (``marginwatch audit list``).
-
-        ``since``/``until`` bound when the image was first seen; ``decision`` filters on the
-        prediction, ``kind`` on any alert of that kind, ``state`` on the job state.
-        """
-        with self._read() as session:
-            return _queries.image_rows(
-                session,
-                since=since,
-                until=until,
-                decision=decision,
-                kind=kind,
-                state=state,
-                limit=limit,
-                newest_first=newest_first,
-            )
-
-    def image_detail(self, image_id: str) -> ImageDetail:
-        """Everything about one image; ``image_id`` may be a unique prefix (>= 4 chars)."""
-        with self._read() as session:
-            return _queries.image_detail(session, image_id)
