@@ -103,8 +103,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "val_fraction": 0.2,
         "test_fraction": 0.1,
         "tile_selection": "top",
-        "stain_jitter": 0.30,
-        "intensity_jitter": 0.25,
         "max_minutes": 40.0,
         "synthetic_demo": True,
     },
