@@ -63,6 +63,28 @@ def _no_leaked_threads():
     assert not leaked, f"test leaked running threads: {leaked}"
 
 
+# --- storage fixtures (owner: storage) -----------------------------------------------
+# One home for the database fixtures every storage suite uses: a module that needs other
+# options defines its own fixture of the same name, which overrides these.
+
+
+@pytest.fixture(params=backend_params())
+def db_url(request, tmp_path):  # noqa: ANN001, ANN201
+    """An SQLite file in ``tmp_path``, and a fresh PostgreSQL schema when
+    ``MARGINWATCH_TEST_PG_URL`` is set (the test runs once per backend)."""
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def store(db_url):  # noqa: ANN001, ANN201
+    """A migrated :class:`Store` on ``db_url``, closed after the test."""
+    from marginwatch.storage import Store
+
+    with Store.open(db_url, upgrade=True) as opened:
+        yield opened
+
+
 @pytest.fixture(params=backend_params())
 def daemon_db(request, tmp_path):  # noqa: ANN001, ANN201
     """A daemon test's database: None (an SQLite file in the daemon's state folder), or,

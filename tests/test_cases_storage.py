@@ -13,23 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from marginwatch.engine.errors import ConflictError, NotFoundError
 from marginwatch.storage import Placement, Store, schema
-from marginwatch.storage.testing import backend_params, database_url, sample_record
+from marginwatch.storage.testing import sample_record
 from sqlalchemy import inspect, select, text
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 ACTOR = "host:daemon"
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url):
-    with Store.open(db_url, upgrade=True) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from marginwatch.engine.errors import StorageError
 from marginwatch.storage import Store
-from marginwatch.storage.testing import backend_params, database_url, sample_record
+from marginwatch.storage.testing import sample_record
 from sqlalchemy import text
 
 SQLITE3 = shutil.which("sqlite3") or "/usr/bin/sqlite3"
@@ -45,12 +45,6 @@ def _fill(store: Store) -> dict[str, int]:
             ids["alert"] = outcome.alert_id
     store.acknowledge(ids["alert"], "dr who", "seen")
     return ids
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 def test_triggers_guard_clinical_rows(db_url: str) -> None:

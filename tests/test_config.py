@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from marginwatch.engine.config import Config, load_config
 from marginwatch.engine.errors import ConfigError
 

@@ -20,13 +20,6 @@ from pathlib import Path
 import pytest
 from daemon_support import MARGINWATCH, Daemon, image_bytes, query, wait_for
 from marginwatch.storage import Store
-from marginwatch.storage.testing import backend_params, database_url
-
-
-@pytest.fixture(params=backend_params())
-def store(request, tmp_path):  # noqa: ANN001, ANN201
-    with database_url(request.param, tmp_path) as url, Store.open(url, upgrade=True) as s:
-        yield s
 
 
 def test_a_changed_file_is_a_new_version_linked_to_the_last(store: Store) -> None:

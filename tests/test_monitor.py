@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from marginwatch.daemon.dashboard import Source, render
 from marginwatch.storage import Store
-from marginwatch.storage.testing import backend_params, database_url, sample_record
+from marginwatch.storage.testing import sample_record
 from marginwatch.tools import metrics, monitoring
 from PIL import Image
 from rich.console import Console
@@ -131,12 +131,6 @@ def validation_card_metrics() -> dict[str, float]:
             metrics.specificity(y, d), "val_auc": metrics.roc_auc(y, p),
             "val_brier": metrics.brier_score(y, p),
             "val_ece": metrics.expected_calibration_error(y, p), "target_sensitivity": 0.9}
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

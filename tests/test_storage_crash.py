@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from marginwatch.storage import Store
 from marginwatch.storage.models import Alert, AuditEvent, Heatmap, Prediction, Tile
-from marginwatch.storage.testing import backend_params, database_url, sample_record
+from marginwatch.storage.testing import sample_record
 from sqlalchemy import func, select
 
 WRITER = """
@@ -62,12 +62,6 @@ print("committed", flush=True)
 """
 
 STEPS = ["after_prediction", "after_tiles", "after_audit", "before_commit"]
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 def _counts(store: Store) -> dict[str, int]:

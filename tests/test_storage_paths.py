@@ -8,7 +8,6 @@ import pytest
 from marginwatch.engine.pathnames import display_path
 from marginwatch.storage import Store
 from marginwatch.storage._paths import decode_path, encode_path
-from marginwatch.storage.testing import backend_params, database_url
 
 NAMES = [
     "case1/a.tif",
@@ -40,12 +39,6 @@ def test_display_is_one_printable_line() -> None:
     assert display_path("a\nb\tc\x1b[0m") == "a\\nb\\tc\\x1b[0m"
     assert display_path(b"caf\xc3\xa9/\xff") == "café/\\xff"
     assert display_path("µm ok") == "µm ok"
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 def test_store_keeps_any_bytes(db_url: str) -> None:

@@ -14,16 +14,9 @@ from alembic.script import ScriptDirectory
 from marginwatch.engine.errors import DatabaseUnavailableError, SchemaVersionError
 from marginwatch.storage import Store, schema
 from marginwatch.storage.models import Base
-from marginwatch.storage.testing import backend_params, database_url
 from sqlalchemy import inspect, text
 
 MARGINWATCH = Path(sys.executable).with_name("marginwatch")
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 def test_public_names():

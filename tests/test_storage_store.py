@@ -15,26 +15,12 @@ from marginwatch.engine.errors import (
 from marginwatch.storage import AssessmentRecord, Store
 from marginwatch.storage.models import Alert, Heatmap, Prediction, Tile
 from marginwatch.storage.testing import (
-    backend_params,
-    database_url,
     sample_heatmap_png,
     sample_record,
 )
 from sqlalchemy import func, select
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url):
-    with Store.open(db_url, upgrade=True) as opened:
-        yield opened
 
 
 @pytest.fixture

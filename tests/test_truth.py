@@ -16,19 +16,13 @@ from pathlib import Path
 import pytest
 from marginwatch.storage import Store
 from marginwatch.storage.models import GroundTruth
-from marginwatch.storage.testing import backend_params, database_url, sample_record
+from marginwatch.storage.testing import sample_record
 from sqlalchemy import func, select
 
 MARGINWATCH = Path(sys.executable).with_name("marginwatch")
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 MANIFEST_HEADER = "path,label,patient_id,centre,kind,profile,um_per_px\n"
 
-
-@pytest.fixture(params=backend_params())
-def db_url(request, tmp_path):
-    """SQLite and PostgreSQL: for the tests of what is written."""
-    with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
