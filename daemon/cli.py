@@ -418,6 +418,23 @@ def evaluate(
     guarded(_run)
 
 
+@app.command("quality-thresholds")
+def quality_thresholds_command(
+    model: Annotated[Path, typer.Argument(help="Model folder made by marginwatch train.")],
+    manifest: Annotated[Path, typer.Argument(help="The manifest it was trained on (CSV).")],
+) -> None:
+    """Re-derive a trained model's quality-gate thresholds from its training images."""
+    from marginwatch.tools import rederive
+
+    old, new = guarded(rederive, model, manifest)
+    fields = [f for f in type(new).model_fields if f != "derived_from"]
+    for field in fields:
+        before = None if old is None else getattr(old, field)
+        typer.echo(f"{field:24} {before!s:>10} -> {getattr(new, field)!s:>10}")
+    typer.echo(f"derived from {new.derived_from}")
+    typer.echo(f"model card rewritten: {model} (the model's digest changed; weights unchanged)")
+
+
 # --- deployment commands (install-systemd) ---------------------------------------
 
 

@@ -72,6 +72,34 @@ def test_train_writes_a_loadable_calibrated_artefact(tiny_data: Path, tmp_path: 
         assert str(tiny_data.parent) not in (out / name).read_text()
 
 
+def test_quality_thresholds_are_rederived_from_the_training_images(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``marginwatch quality-thresholds MODEL MANIFEST``: the same margins give exactly the
+    thresholds training wrote; the weights stay, the card and digest are rewritten, and a
+    manifest the model was not trained on is refused in one line."""
+    out = tmp_path / "model"
+    train(tiny_data, out, TrainOptions(epochs=1, **TINY))
+    before = load_model(out)
+    weights = (out / "weights.safetensors").read_bytes()
+    done = _cli("quality-thresholds", str(out), str(tiny_data))
+    assert done.returncode == 0, done.stderr
+    assert "signal_range_min" in done.stdout and "model card rewritten" in done.stdout
+    after = load_model(out)
+    assert after.card.quality == before.card.quality  # deterministic: same images, margins
+    assert "signal_range x 0.45" in after.card.quality.derived_from
+    assert (out / "weights.safetensors").read_bytes() == weights
+    record = json.loads((out / "training.json").read_text())
+    assert record["model_digest"] == after.digest
+    assert record["quality_rederived"]["images"] > 0
+    other = tiny_data.parent / "rederive-other.csv"  # beside it: the same relative paths
+    other.write_text(tiny_data.read_text().replace("\n", "\r\n"))  # other bytes, same rows
+    refused = _cli("quality-thresholds", str(out), str(other))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "not the manifest this model was trained on" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_presets_set_the_demo_recipe_and_explicit_options_win() -> None:
     demo = preset_options("demo", epochs=3, lr=None)
     assert (demo.input_size_px, demo.um_per_px, demo.tile_selection) == (256, 4.0, "top")

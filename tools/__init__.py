@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "preflight": "_options",
     "preset_options": "_options",
     "train": "train",
+    "rederive": "_quality_thresholds",  # a trained model's quality-gate thresholds, again
     "evaluate": "evaluate",
     "run_export": "export",
     "BenchOptions": "bench",
