@@ -182,5 +182,5 @@ def rederive(
         raise ModelError(f"{card_path}: cannot write the model card: {why}") from exc
     training["model_digest"] = load_model(folder).digest
     training["quality_rederived"] = {"thresholds": new.model_dump(), "images": len(paths)}
-    training_path.write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
+    training_path.write_text(json.dumps(training, indent=2) + "\n")  # as train writes it
     return old, new
