@@ -22,6 +22,10 @@ daemon of this host whose process is gone (SIGKILL, crash) are put back at once
 (``Store.requeue_orphans``) instead of after their lease.
 SIGHUP: reload the configuration file, apply what can change live, audit
 ``config.reloaded`` (what changed, what needs a restart).
+
+This module holds the main loop, the queue, the heartbeat, SIGHUP and the start-up
+(:func:`run_daemon`); the intake (sightings, scans, recording ready files) is
+:class:`._intake.IntakeMethods`, which :class:`Service` inherits.
 """
 
 from __future__ import annotations
@@ -46,16 +50,14 @@ from marginwatch.engine.errors import (
     ConfigError,
     ConflictError,
     DaemonError,
-    DatabaseUnavailableError,
     MarginwatchError,
     NotFoundError,
     StorageError,
 )
 from marginwatch.engine.pathnames import display_path
-from marginwatch.storage.records import Placement
 
+from ._intake import IntakeMethods
 from .locations import LocationRules
-from .locations import resolve as resolve_placement
 from .observer import FolderObserver, PathFilter, Sighting, scan_folder
 from .pipeline import Pipeline, Settings
 from .readiness import ReadinessTracker
@@ -83,8 +85,6 @@ HEARTBEAT_MODEL_KEYS = (
     "model_digest", "architecture", "synthetic_demo", "backend", "device", "precision",
 )
 IDLE_CASE_CHECK_SECONDS = 30.0  # how often open cases are checked for cases.idle_close_seconds
-SCAN_SLICE = 256  # entries of a reconcile scan taken per main-loop step
-SIGHTINGS_SLICE = 2000
 
 
 def configure_logging(level: str | None = None, environ: Mapping[str, str] = os.environ) -> None:
@@ -100,7 +100,7 @@ def configure_logging(level: str | None = None, environ: Mapping[str, str] = os.
     logging.getLogger("watchdog").setLevel(logging.WARNING)
 
 
-class Service:
+class Service(IntakeMethods):
     """The running daemon around an open store, a loaded model and a backend.
 
     ``stages`` has ``prepare``/``finish``/``record`` bound to the model (see
@@ -299,84 +299,7 @@ class Service:
         logger.info("stopped (%s) in %.2fs: %d released, counts %s",
                     reason, self._clock() - started, released, counts)
 
-    # --- intake ------------------------------------------------------------------------------
-
-    def _note(self, sighting: Sighting) -> None:
-        if sighting.kind == "folder":
-            self._scans.append(scan_folder(self.root, self._filter, under=sighting.rel_path))
-        else:
-            self.tracker.note(sighting.kind, sighting.rel_path)
-            if sighting.kind in ("closed", "moved_in"):
-                due = self._clock() + self.tracker.settle_seconds
-                self._triggered_poll_at = min(self._triggered_poll_at, due)
-
-    def _drain_sightings(self) -> None:
-        for _ in range(SIGHTINGS_SLICE):
-            try:
-                self._note(self._sightings.get_nowait())
-            except queue.Empty:
-                return
-
-    def _step_scans(self) -> None:
-        budget = SCAN_SLICE
-        while self._scans and budget > 0:
-            scan = self._scans[0]
-            for rel_path in scan:
-                if rel_path not in self.tracker:
-                    self.tracker.note("scan", rel_path)
-                budget -= 1
-                if budget == 0:
-                    return
-            self._scans.pop(0)
-
-    def _record_ready(self) -> None:
-        ready_files = self.tracker.poll()
-        for index, ready in enumerate(ready_files):
-            key = (ready.rel_path, ready.size, ready.mtime_ns)
-            if key in self._known:
-                continue
-            # A file ready by its format (a close or move event, complete structure) is
-            # leased in its discovery transaction when a worker is free: one commit less
-            # between the event and the alert. Files found by polls wait for _claim.
-            lease_now = ready.by == "format" and self._has_capacity()
-            try:
-                found = self.store.record_discovery(
-                    self.root_key, ready.rel_path, ready.size, ready.mtime_ns, self.owner,
-                    placement=self._placement(ready.rel_path), inode=ready.inode,
-                    lease_to=self.owner if lease_now else None,
-                    lease_seconds=self.config.daemon.lease_seconds,
-                )
-            except DatabaseUnavailableError:
-                # The database, not the file: these files wait again (nothing is lost
-                # until the next rescan), and the step is retried.
-                for later in ready_files[index:]:
-                    self.tracker.note("scan", later.rel_path)
-                raise
-            except Exception as exc:  # noqa: BLE001 - one file never stops the daemon
-                # (a row the database refuses, e.g. a name longer than a column holds,
-                # must not hold up the files after it)
-                logger.error("a ready file could not be recorded (%s); skipped until it changes",
-                             type(exc).__name__)
-                found = None
-            self._known.add(key)
-            if found is not None:
-                self.recorded += 1
-                if found.claimed is not None:
-                    self.claimed += 1
-                    self.pipeline.submit(found.claimed)
-
-    def _placement(self, rel_path: str) -> Placement:
-        """Case and location of a new image; never raises (the image must not be lost)."""
-        try:
-            return resolve_placement(self.root, rel_path, self._locations)
-        except Exception as exc:  # a bug here must not stop intake: unspecified, with why
-            logger.error("location of a new image could not be resolved (%s)", type(exc).__name__)
-            head, sep, _ = os.fsdecode(rel_path).partition("/")
-            return Placement(
-                case_folder=head if sep else None, location="unspecified", source="default",
-                issue=f"the location could not be resolved ({type(exc).__name__}); "
-                "see the daemon log and report it",
-            )
+    # --- cases and drift ---------------------------------------------------------------------
 
     def _check_drift(self) -> None:
         from ._monitor_cli import check_drift

@@ -11,17 +11,18 @@ takes the audit chain's advisory lock (one lock order everywhere: chain, then ro
         job = store.claim_job("host:1234", lease_seconds=120)
         store.finish_job(job.job_id, "host:1234", AssessmentRecord(...))
 
-This module holds the opening, the sessions, the queue and the audited writes; the
-``Store`` inherits its read-only queries from :class:`._store_reads.ReadMethods`, its case
-methods from :class:`._case_store.CaseMethods` and its monitoring methods from
-:class:`.truth.MonitoringMethods`.
+This module holds the opening, the sessions and the audited writes; the ``Store``
+inherits its job queue (claim, lease, release, requeue, finish, fail) from
+:class:`._store_queue.QueueMethods`, its read-only queries from
+:class:`._store_reads.ReadMethods`, its case methods from :class:`._case_store.CaseMethods`
+and its monitoring methods from :class:`.truth.MonitoringMethods`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,18 +41,10 @@ from sqlalchemy.orm import Session
 from . import _digests, _jobs, _queries, audit, schema
 from ._case_store import CaseMethods
 from ._connection import Target, check_sqlite_file, make_engine, parse_target, translate_errors
+from ._store_queue import QueueMethods
 from ._store_reads import ReadMethods
 from .models import Alert, AuditEvent, Heartbeat, ModelRow
-from .records import (
-    AlertView,
-    AssessmentRecord,
-    AuditEventView,
-    ClaimedJob,
-    Discovery,
-    FailOutcome,
-    FinishOutcome,
-    Placement,
-)
+from .records import AlertView, AuditEventView, Discovery, Placement
 from .truth import MonitoringMethods
 
 __all__ = ["CHANGE_CHANNEL", "DEFAULT_BUSY_TIMEOUT_SECONDS", "Store"]
@@ -72,7 +65,7 @@ def _now(now: datetime | None) -> datetime:
     return now
 
 
-class Store(ReadMethods, CaseMethods, MonitoringMethods):
+class Store(QueueMethods, ReadMethods, CaseMethods, MonitoringMethods):
     """An open database. Use :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(
@@ -342,205 +335,6 @@ class Store(ReadMethods, CaseMethods, MonitoringMethods):
             return _jobs.discover(
                 session, root_key, rel_path, size, mtime_ns, actor, now, placement=placement,
                 inode=inode, lease=lease,
-            )
-
-    # --- the queue -----------------------------------------------------------------
-
-    def claim_job(
-        self,
-        owner: str,
-        lease_seconds: float,
-        now: datetime | None = None,
-        *,
-        root_key: str | None = None,
-    ) -> ClaimedJob | None:
-        """Lease the oldest runnable pending job to ``owner``; None when there is none.
-
-        ``root_key`` restricts the claim to one export root (several daemons, one database).
-        """
-        now = _now(now)
-        expires = now + timedelta(seconds=lease_seconds)
-        with self._write(audited=False) as session:
-            return _jobs.claim(session, owner, now, expires, root_key)
-
-    def extend_lease(
-        self, job_id: int, owner: str, lease_seconds: float, now: datetime | None = None
-    ) -> datetime:
-        """Push a held lease forward (long jobs); ConflictError if the lease was lost."""
-        now = _now(now)
-        with self._write(audited=False) as session:
-            job = _jobs.held_job(session, job_id, owner)
-            job.lease_expires_at = now + timedelta(seconds=lease_seconds)
-            job.updated_at = now
-            return job.lease_expires_at
-
-    def requeue_expired(
-        self,
-        now: datetime | None = None,
-        *,
-        max_attempts: int | None = None,
-        actor: str = "marginwatch",
-    ) -> int:
-        """Put jobs whose lease expired back to pending; returns how many.
-
-        With ``max_attempts``, a job that has already been claimed that many times (a
-        file that kills its worker) is failed instead, with a not-assessed alert.
-        """
-        now = _now(now)
-        with self._write() as session:
-            jobs = _jobs.expired(session, now)
-            for job in jobs:
-                _jobs.requeue_lost(session, job, None, max_attempts, actor, now)
-            return len(jobs)
-
-    def release_job(
-        self, job_id: int, owner: str, *, actor: str | None = None, now: datetime | None = None
-    ) -> None:
-        """Give a held job back to ``pending`` now: the claim does not count as an attempt.
-
-        For work the daemon itself interrupts (SIGTERM before the assessment finished):
-        it is not the file's fault, so no error is recorded, no delay is set and the
-        attempt is not counted against ``max_attempts``. Audited ``job.released``.
-        ConflictError if the lease was lost, NotFoundError for an unknown job.
-        """
-        now = _now(now)
-        with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            _jobs.put_back(job, now)
-            job.attempts = max(0, job.attempts - 1)
-            audit.append_event(
-                session,
-                "job.released",
-                job.image_id,
-                {"job_id": job.id, "attempts": job.attempts, "lease_owner": owner},
-                actor or owner,
-                now,
-            )
-
-    def wait_for_change(
-        self,
-        job_id: int,
-        owner: str,
-        retry_after_seconds: float,
-        *,
-        actor: str | None = None,
-        now: datetime | None = None,
-    ) -> str:
-        """A held job whose file is still changing (size or mtime moved since it was
-        recorded): not an attempt, no error, no alert. Returns ``"superseded"`` when a
-        newer version of the file is recorded already (the job is closed, pointing to
-        it), else ``"pending"`` (runnable again after ``retry_after_seconds``; the newer
-        version supersedes it once the readiness tracker records it). Audited.
-        ConflictError if the lease was lost, NotFoundError for an unknown job.
-        """
-        now = _now(now)
-        with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            return _jobs.wait_for_change(session, job, retry_after_seconds, actor or owner, now)
-
-    def follow_move(
-        self, job_id: int, owner: str, *, actor: str | None = None,
-        now: datetime | None = None,
-    ) -> str | None:
-        """A held job whose file is not found under its name: if the same content (root,
-        size, mtime) is recorded under another name, close the job as ``moved`` with a
-        pointer to that image (audited, no alert) and return its id; else None and the
-        job is left as it is (the caller fails or retries it).
-        """
-        now = _now(now)
-        with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            target = _jobs.moved_to(session, job)
-            if target is not None:
-                _jobs.close_moved(session, job, target, actor or owner, now)
-            return target
-
-    def requeue_orphans(
-        self,
-        owner_prefix: str,
-        alive: Callable[[str], bool] | None = None,
-        now: datetime | None = None,
-        *,
-        max_attempts: int | None = None,
-        actor: str = "marginwatch",
-    ) -> int:
-        """Put back jobs leased to owners that no longer exist, without waiting for the lease.
-
-        Candidates are ``processing`` jobs whose lease owner starts with ``owner_prefix``
-        (the daemon passes its own ``marginwatch-daemon@<host>:``); ``alive(owner)`` says
-        whether that owner still runs (None: none of them does). Like
-        :meth:`requeue_expired` the claim still counts (the file may be what killed the
-        worker), and with ``max_attempts`` a job claimed that many times fails for good.
-        Audited ``job.requeued`` with ``reason: "owner-gone"``; returns how many.
-        """
-        now = _now(now)
-        with self._write() as session:
-            jobs = _jobs.orphaned(session, owner_prefix, alive)
-            for job in jobs:
-                _jobs.requeue_lost(session, job, "owner-gone", max_attempts, actor, now)
-            return len(jobs)
-
-    def finish_job(
-        self,
-        job_id: int,
-        owner: str,
-        result: AssessmentRecord,
-        *,
-        actor: str | None = None,
-        now: datetime | None = None,
-    ) -> FinishOutcome:
-        """Record an assessment and close the job, all in ONE transaction.
-
-        Image details, prediction, tiles, heatmap, the alert when positive, the audit
-        events and ``done``: a crash anywhere leaves all of it or none of it.
-        """
-        now = _now(now)
-        actor = actor or owner
-        with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            return _jobs.record_assessment(session, job, result, actor, now)
-
-    def mark_duplicate(
-        self,
-        job_id: int,
-        owner: str,
-        sha256: str,
-        of_prediction_id: int,
-        *,
-        actor: str | None = None,
-        now: datetime | None = None,
-    ) -> None:
-        """Close a job whose bytes were already assessed by the same model: link, don't rerun."""
-        now = _now(now)
-        with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            _jobs.close_duplicate(session, job, sha256, of_prediction_id, actor or owner, now)
-
-    def fail_job(
-        self,
-        job_id: int,
-        owner: str,
-        error_class: str,
-        message: str,
-        retry_after_seconds: float | None,
-        max_attempts: int,
-        *,
-        quality: Mapping[str, Any] | None = None,
-        actor: str | None = None,
-        now: datetime | None = None,
-    ) -> FailOutcome:
-        """Retry later (pending + not_before) or fail for good with a not-assessed alert.
-
-        ``quality``: the gate's report of an image it stopped; it goes into the
-        ``image.failed`` audit event, in the hash chain with the reason.
-        """
-        now = _now(now)
-        actor = actor or owner
-        with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            return _jobs.fail_or_retry(
-                session, job, error_class, message, retry_after_seconds, max_attempts, actor, now,
-                quality=quality,
             )
 
     # --- alerts, audit, heartbeat ---------------------------------------------------
