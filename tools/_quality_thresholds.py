@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 PERCENTILE = 1.0
 LOW_MARGINS = {"focus": 0.6, "signal_range": 0.45, "tissue_fraction": 0.6}
-HIGH_MARGINS = {"saturated_fraction": 1.5, "void_fraction": 1.5, "seam_score": 2.0}
+HIGH_MARGINS = {"saturated_fraction": 1.5, "void_fraction": 1.5, "seam_score": 1.65}
 MAX_IMAGES = 120
 # floors for "above" checks: never stricter than this, whatever the training set shows
 HIGH_FLOORS = {"saturated_fraction": 0.05, "void_fraction": 0.02, "seam_score": 3.0}
