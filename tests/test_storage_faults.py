@@ -120,7 +120,8 @@ def test_disk_full_heals(small_tmpfs: Path) -> None:
     filler = small_tmpfs / "filler"
     with Store.open(db, upgrade=True) as store:
         store.audit("t", 0, {}, "t")
-        with filler.open("wb") as fh:  # take every block that is left
+        # unbuffered: a write that does not fit fails here, not later in close()
+        with filler.open("wb", buffering=0) as fh:  # take every block that is left
             try:
                 while True:
                     fh.write(b"\0" * 65536)
