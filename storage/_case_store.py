@@ -7,23 +7,18 @@ live in :mod:`._cases`. Kept apart so store.py stays near its size guideline.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 
 from marginwatch.engine.errors import ConflictError
 from sqlalchemy.orm import Session
 
 from . import _cases
+from ._time import aware_utc as _aware
 from .records import CaseDetail, CaseView
 
 __all__ = ["CaseMethods"]
 
 
-def _aware(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"now={now!r} is naive; pass a timezone-aware UTC datetime")
-    return now
 
 
 class CaseMethods:

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from . import _jobs, audit
+from ._time import aware_utc as _now
 from .records import AssessmentRecord, ClaimedJob, FailOutcome, FinishOutcome
 
 __all__ = ["QueueMethods"]
 
 
-def _now(now: datetime | None) -> datetime:
-    # the Store's check (store._now), kept here too as _store_reads and _case_store keep
-    # theirs, so that no mixin imports store.py
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"now={now!r} is naive; pass a timezone-aware UTC datetime")
-    return now
 
 
 class QueueMethods:

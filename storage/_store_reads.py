@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import _queries, audit
+from ._time import aware_utc as _now
 from .models import Image, Prediction
 from .records import (
     AlertDetail,
@@ -32,14 +33,6 @@ from .records import (
 __all__ = ["ReadMethods"]
 
 
-def _now(now: datetime | None) -> datetime:
-    # the Store's check (store._now), kept here too as _case_store and truth keep theirs,
-    # so that no mixin imports store.py
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"now={now!r} is naive; pass a timezone-aware UTC datetime")
-    return now
 
 
 class ReadMethods:

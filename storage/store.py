@@ -43,6 +43,7 @@ from ._case_store import CaseMethods
 from ._connection import Target, check_sqlite_file, make_engine, parse_target, translate_errors
 from ._store_queue import QueueMethods
 from ._store_reads import ReadMethods
+from ._time import aware_utc as _now
 from .models import Alert, AuditEvent, Heartbeat, ModelRow
 from .records import AlertView, AuditEventView, Discovery, Placement
 from .truth import MonitoringMethods
@@ -57,12 +58,6 @@ DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
 CHANGE_CHANNEL = "marginwatch_changes"
 
 
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"now={now!r} is naive; pass a timezone-aware UTC datetime")
-    return now
 
 
 class Store(QueueMethods, ReadMethods, CaseMethods, MonitoringMethods):

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import _digests, audit
+from ._time import aware_utc as _aware
 from .models import (
     ALARM_KINDS,
     TRUTH_STATUSES,
@@ -452,11 +453,3 @@ class MonitoringMethods:
             return acknowledge_alarm(session, alarm_id, by, note, _aware(now))
 
 
-def _aware(now: datetime | None) -> datetime:
-    from datetime import UTC
-
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"now={now!r} is naive; pass a timezone-aware UTC datetime")
-    return now
