@@ -5,9 +5,7 @@ Split out of :mod:`engine.assessment`, which plans the image (``prepare``), deci
 
 - :class:`PreparedImage`: the planned tiles, with the still-open file they are read from
   in bounded chunks (``iter_tiles``), and the quality-gate bookkeeping (engine.quality):
-  image-level values, per-tile values, the focus of each chunk measured as it is read;
-- ``_tile_saturation``: a tile's saturated share of tissue, measured on the overview
-  when the tiles are planned.
+  image-level values, per-tile values, the focus of each chunk measured as it is read.
 """
 
 from __future__ import annotations
@@ -132,15 +130,3 @@ class PreparedImage:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _tile_saturation(absolute: np.ndarray, mask: np.ndarray, box: Box, factor: int) -> float | None:
-    """Share of the tissue under ``box`` (source px) at saturation, on the overview."""
-    from .quality import MIN_MEASURE_PX, SATURATED_LEVEL
-
-    x0, y0, x1, y1 = box
-    rows = slice(y0 // factor, max(y0 // factor + 1, -(-y1 // factor)))
-    cols = slice(x0 // factor, max(x0 // factor + 1, -(-x1 // factor)))
-    tissue = absolute[rows, cols][mask[rows, cols]]
-    if tissue.size < MIN_MEASURE_PX // 4:
-        return None
-    return float((np.nan_to_num(tissue, nan=0.0) >= SATURATED_LEVEL).mean())

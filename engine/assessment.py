@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ._limits import check_pixels
-from ._prepared import PreparedImage, _tile_saturation
+from ._prepared import PreparedImage
 from ._tile_reader import TileReader
 from .aggregation import aggregate
 from .card import DeviceProfile
@@ -61,6 +61,7 @@ from .quality import (
     effective_thresholds,
     gate,
     measure_overview,
+    tile_saturation,
 )
 from .reader import open_image
 from .tiling import Box, plan_tiles, tile_source_px
@@ -208,9 +209,11 @@ def _plan(
         fraction = tissue_fraction(mask, plan.clip(footprint), factor)
         if fraction >= engine.min_tissue_fraction:
             kept.append((footprint, fraction))
+    quality_started = time.perf_counter()
     saturated = [
-        _tile_saturation(absolute, mask, plan.clip(footprint), factor) for footprint, _ in kept
+        tile_saturation(absolute, mask, plan.clip(footprint), factor) for footprint, _ in kept
     ]
+    quality_seconds += time.perf_counter() - quality_started
     if not kept:
         raise NoTissueError(
             f"{image_path}: no tile of {len(plan.footprints)} holds tissue "

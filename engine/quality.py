@@ -48,10 +48,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
+from ._morphology import box_mean_strided, dilate_disc, erode_cross, finite_array, true_box
 from .card import QualityThresholds
-from .tiling import Box
+from .tiling import Box, overview_window
 
 __all__ = [
     "CHECKS",
@@ -64,6 +64,7 @@ __all__ = [
     "measure_overview",
     "tile_focus",
     "tile_masks",
+    "tile_saturation",
 ]
 
 SATURATED_LEVEL = 0.98  # of the dtype's full scale
@@ -233,8 +234,8 @@ def measure_overview(
     scale (exposure); ``scaled``: the same, percentile-scaled to [0, 1] (structure);
     ``mask``: (h, w) bool tissue mask (holes filled).
     """
-    absolute = np.nan_to_num(absolute.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    scaled = np.nan_to_num(scaled.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    absolute = finite_array(absolute)
+    scaled = finite_array(scaled)
     area = int(mask.sum())
     out: dict[str, float | None] = {"tissue_fraction": float(mask.mean()) if mask.size else 0.0}
     if area < MIN_MEASURE_PX:
@@ -250,7 +251,7 @@ def measure_overview(
     )
     out["void_fraction"] = _void_fraction(scaled, mask, um_per_overview_px)
     # away from the tissue's edge, where every line would step from glass to tissue
-    inner = ndimage.binary_erosion(mask, iterations=SEAM_EDGE_PX)
+    inner = erode_cross(mask, SEAM_EDGE_PX)
     out["seam_score"] = _seam_score(scaled, inner)
     return out
 
@@ -260,19 +261,18 @@ def _void_fraction(scaled: np.ndarray, mask: np.ndarray, um_per_px: float) -> fl
 
     The envelope is the tissue mask closed by ``VOID_MIN_UM`` (so a bubble at the
     tissue's edge, which the mask leaves open, still counts); a void is glass-dark
-    signal that survives an opening by a disc of the minimum void's size. Distance
-    transforms do the morphology: cheap at any radius.
+    signal that survives an opening by a disc of the minimum void's size. Disc
+    convolutions by FFT do the morphology: cheap at any radius.
     """
     radius = max(1.0, VOID_MIN_UM / 2 / max(um_per_px, 1e-6))
     step = max(1, int(radius // 4))  # a void is >= 8 grid cells across: coarser is enough
-    scaled = ndimage.uniform_filter(scaled, size=step + 2, mode="nearest")[::step, ::step]
+    scaled = box_mean_strided(scaled, step + 2, step)
     mask, radius = mask[::step, ::step], radius / step
     if mask.sum() < MIN_MEASURE_PX // 4:
         return None
     pad = int(math.ceil(2 * radius)) + 1  # outside the image counts as not tissue
     padded = np.pad(mask, pad)
-    envelope = ndimage.distance_transform_edt(~padded) <= 2 * radius  # dilate ...
-    envelope = ndimage.distance_transform_edt(envelope) > 2 * radius  # ... then erode
+    envelope = ~dilate_disc(~dilate_disc(padded, 2 * radius), 2 * radius)  # closed
     envelope = envelope[pad:-pad, pad:-pad] | mask
     smooth = scaled  # smoothed before it was strided
     floor, bulk = np.percentile(smooth[mask], [0.5, 75])
@@ -282,8 +282,13 @@ def _void_fraction(scaled: np.ndarray, mask: np.ndarray, um_per_px: float) -> fl
         return None
     # glass-dark: near the floor, and far below the tissue (gland lumens are not that dark)
     dark = envelope & (smooth < min(floor + 0.1 * (bulk - floor), VOID_LEVEL * bulk))
-    core = ndimage.distance_transform_edt(dark) > radius  # erode ...
-    opened = (ndimage.distance_transform_edt(~core) <= radius) & dark  # ... dilate
+    if not dark.any():
+        return 0.0  # the usual clean scan: nothing is glass-dark inside the tissue
+    dark = dark[true_box(dark)]  # the opening stays inside dark's box: work only there
+    core = ~dilate_disc(~dark, radius)  # erode ...
+    if not core.any():
+        return 0.0  # nothing survives the opening
+    opened = dilate_disc(core, radius) & dark  # ... dilate
     return float(opened.sum() / max(1, envelope.sum()))
 
 
@@ -301,12 +306,13 @@ def _seam_score(scaled: np.ndarray, mask: np.ndarray) -> float | None:
         step = np.diff(scaled, axis=axis)
         both = mask[:, 1:] & mask[:, :-1] if axis == 1 else mask[1:] & mask[:-1]
         other = 0 if axis == 1 else 1  # sum along the lines parallel to the seam
-        counts = both.sum(axis=other)
+        counts = np.count_nonzero(both, axis=other)
         if counts.size < 8 or counts.max() < 16:
             continue
         usable = counts >= 16
-        signed = np.where(both, step, 0.0).sum(axis=other)[usable]
-        power = np.where(both, step * step, 0.0).sum(axis=other)[usable]
+        on_tissue = step * both
+        signed = on_tissue.sum(axis=other)[usable]
+        power = (on_tissue * step).sum(axis=other)[usable]
         if signed.size < 8:
             continue
         # |sum| / sqrt(sum of squares): about |N(0, 1)| for texture, whatever the length
@@ -315,6 +321,20 @@ def _seam_score(scaled: np.ndarray, mask: np.ndarray) -> float | None:
         if typical > 1e-6:
             scores.append(float(t.max()) / typical)
     return _finite(max(scores)) if scores else None
+
+
+def tile_saturation(absolute: np.ndarray, mask: np.ndarray, box: Box, factor: int) -> float | None:
+    """Share of the tissue under ``box`` (source px) at saturation, on the overview.
+
+    ``absolute`` and ``mask`` as for :func:`measure_overview`; None where fewer than a
+    quarter of ``MIN_MEASURE_PX`` tissue pixels lie under the box (NaN is not saturated).
+    """
+    window = overview_window(box, factor)
+    tissue = mask[window]
+    area = int(np.count_nonzero(tissue))
+    if area < MIN_MEASURE_PX // 4:
+        return None
+    return np.count_nonzero((absolute[window] >= SATURATED_LEVEL) & tissue) / area
 
 
 def tile_masks(
@@ -362,12 +382,13 @@ def tile_focus(tiles: torch.Tensor, masks: torch.Tensor) -> list[float | None]:
     lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4 * g[:, 1:-1, 1:-1]
     # valid away from the tissue edge: the mask eroded by one pixel
     m = masks[:, : g.shape[1], : g.shape[2]].float()
-    sel = (-F.max_pool2d(-m[:, None], 3, 1)[:, 0]).double()
+    sel = -F.max_pool2d(-m[:, None], 3, 1)[:, 0]
     gx = g[:, 1:-1, 2:] - g[:, 1:-1, :-2]  # central differences (x 2)
     gy = g[:, 2:, 1:-1] - g[:, :-2, 1:-1]
-    n = sel.sum(dim=(1, 2))
-    energy = (lap.double() ** 2 * sel).sum(dim=(1, 2))
-    gradient = ((gx.double() ** 2 + gy.double() ** 2) / 4 * sel).sum(dim=(1, 2))
+    n = sel.sum(dim=(1, 2), dtype=torch.float64)
+    # float32 per pixel, float64 sums: the sums of ~10^5 terms keep their digits
+    energy = (lap * lap * sel).sum(dim=(1, 2), dtype=torch.float64)
+    gradient = ((gx * gx + gy * gy) * sel).sum(dim=(1, 2), dtype=torch.float64) / 4
     out: list[float | None] = []
     for count, e, d in zip(n.tolist(), energy.tolist(), gradient.tolist(), strict=True):
         if count < MIN_MEASURE_PX:

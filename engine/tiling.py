@@ -13,9 +13,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Box", "TilePlan", "plan_tiles", "tile_source_px"]
+__all__ = ["Box", "TilePlan", "overview_window", "plan_tiles", "tile_source_px"]
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), source pixels, end exclusive
+
+
+def overview_window(box: Box, factor: int) -> tuple[slice, slice]:
+    """(rows, cols) of an overview reduced by ``factor`` that cover a source-pixel box.
+
+    Every overview pixel the box touches, and at least one.
+    """
+    x0, y0, x1, y1 = box
+    return (
+        slice(y0 // factor, max(y0 // factor + 1, -(-y1 // factor))),
+        slice(x0 // factor, max(x0 // factor + 1, -(-x1 // factor))),
+    )
 
 
 def tile_source_px(input_size_px: int, model_um_per_px: float, source_um_per_px: float) -> int:

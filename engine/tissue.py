@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .tiling import Box
+from .tiling import Box, overview_window
 
 __all__ = ["otsu_threshold", "tissue_fraction", "tissue_mask"]
 
@@ -86,9 +86,5 @@ def tissue_mask(signal: np.ndarray, *, flat_is_tissue: bool = False) -> np.ndarr
 
 def tissue_fraction(mask: np.ndarray, box: Box, factor: int) -> float:
     """Fraction of tissue in a source-pixel ``box`` of a mask reduced by ``factor``."""
-    x0, y0, x1, y1 = box
-    region = mask[
-        y0 // factor : max(y0 // factor + 1, -(-y1 // factor)),
-        x0 // factor : max(x0 // factor + 1, -(-x1 // factor)),
-    ]
+    region = mask[overview_window(box, factor)]
     return float(region.mean()) if region.size else 0.0
