@@ -21,6 +21,8 @@ from typing import IO, Any
 
 from marginwatch.engine.errors import ConfigError, NotFoundError
 
+from ._quality_text import quality_summary, quality_table
+
 __all__ = [
     "audit_export",
     "audit_list",
@@ -271,6 +273,10 @@ def _format_detail(d: Any, cam: Path | None) -> str:
         for i, tile in enumerate(d.tiles):
             mark = "  <- driving" if i == d.driving_tile else ""
             w(f"    {i:4d}  box {tile.box}  p={tile.probability:.4f}{mark}\n")
+    if d.quality:
+        w(f"  quality       {quality_summary(d.quality)}\n")
+        for line in quality_table(d.quality):
+            w(f"    {line}\n")
     for alert in d.alerts:
         ack = (
             f"acknowledged by {alert.acknowledged_by} at {_cell(alert.acknowledged_at)}"

@@ -22,6 +22,8 @@ from PIL import Image
 from rich.style import Style
 from rich.text import Text
 
+from ._quality_text import quality_summary
+
 __all__ = ["Picture", "half_blocks", "load_picture"]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Picture:
     region_rgb: np.ndarray | None
     region_note: str
     box: tuple[int, int, int, int] | None
+    quality: str | None = None  # the gate's one-line summary (daemon._quality_text)
 
 
 def _resize(rgb: np.ndarray, cols: int, rows: int) -> np.ndarray:
@@ -137,4 +140,6 @@ def load_picture(store: Any, alert: Any, *, max_pixels: int) -> Picture:
     if box is not None:
         region, note = _region_rgb(image.root_key, image.row.rel_path, box, image.profile,
                                    max_pixels)
-    return Picture(alert.id, heatmap, region, note, box)
+    quality = quality_summary(image.quality)
+    return Picture(alert.id, heatmap, region, note, box,
+                   None if quality is None else f"quality {quality}")

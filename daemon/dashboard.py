@@ -214,7 +214,8 @@ def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
         message = Text(alert.message, style="dark_orange")
         return Group(head, message)
     alone = pic.region_rgb is None  # the heatmap alone gets the width, the note a line
-    rows = max(3, rows - (4 if alone else 2))
+    foot = [Text(pic.quality, style="dim")] if pic.quality else []
+    rows = max(3, rows - (4 if alone else 2) - len(foot))
     cols = max(6, min(2 * rows, width if alone else (width - 1) // 2))
     rows = min(rows, max(3, (cols + 1) // 2))  # the maps are square: 2 pixels per cell row
     grid = Table.grid(padding=(0, 1))
@@ -223,10 +224,10 @@ def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
     left = half_blocks(pic.heatmap_rgb, cols, rows)
     if pic.region_rgb is not None:
         grid.add_row(left, half_blocks(pic.region_rgb, cols, rows))
-        return Group(head, grid, Text("Grad-CAM, box = region | region", style="dim"))
+        return Group(head, grid, Text("Grad-CAM, box = region | region", style="dim"), *foot)
     # no thumbnail: the heatmap alone, and why
     return Group(head, left, Text("Grad-CAM, box = region", style="dim"),
-                 Text(pic.region_note, style="yellow"))
+                 Text(pic.region_note, style="yellow"), *foot)
 
 
 def _decision(row: Any) -> Text:

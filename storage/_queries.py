@@ -216,6 +216,11 @@ def image_detail(session: Session, image_id: str) -> ImageDetail:
         heatmap = session.get(Heatmap, row.prediction_id)
         model = None if prediction is None else session.get(ModelRow, prediction.model_id)
     shape = _loads(image.shape_json, None)
+    events = tuple(audit_events(session, image_id, None, None, None))
+    quality = None if prediction is None else _loads(prediction.quality_json, None)
+    if quality is None and row.state == "failed":  # stopped by the gate: its measurements
+        quality = next((e.payload["quality"] for e in reversed(events)
+                        if e.action == "image.failed" and "quality" in e.payload), None)
     return ImageDetail(
         row=row,
         root_key=image.root_key,
@@ -235,7 +240,8 @@ def image_detail(session: Session, image_id: str) -> ImageDetail:
         heatmap_png=None if heatmap is None else heatmap.png,
         heatmap_scale=None if heatmap is None else heatmap.scale,
         alerts=tuple(reversed(alerts(session, open_only=False, image_id=image_id))),
-        events=tuple(audit_events(session, image_id, None, None, None)),
+        events=events,
+        quality=quality,
     )
 
 

@@ -273,6 +273,9 @@ class ImageDetail:
     heatmap_scale: float | None
     alerts: tuple[AlertView, ...]
     events: tuple[AuditEventView, ...]
+    # the quality gate's report (engine.quality ``QualityReport.to_dict``): stored with the
+    # prediction, or, for an image the gate stopped, from its ``image.failed`` event
+    quality: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

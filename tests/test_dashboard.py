@@ -6,6 +6,7 @@ Assertions are on content (words a person reads), not on pixels or exact layout.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -214,6 +215,27 @@ def test_region_thumbnail_when_the_source_is_reachable(tmp_path: Path) -> None:
         picture = source.snapshot().picture
     assert picture is not None and picture.region_rgb is not None
     assert picture.region_rgb.shape == (64, 64, 3)  # the driving tile's box, (H, W, C)
+
+
+def test_the_tumour_picture_says_what_the_quality_gate_left_out(tmp_path: Path) -> None:
+    from marginwatch.engine.quality import SHIPPED_THRESHOLDS, gate
+
+    tiles = [{"focus": 400.0, "saturated_fraction": 0.0}] * 3 + [
+        {"focus": 20.0, "saturated_fraction": 0.0}]
+    report = gate({"tissue_fraction": 0.8, "saturated_fraction": 0.0, "signal_range": 0.3,
+                   "void_fraction": 0.0, "seam_score": 3.0}, tiles, [1.0] * 4,
+                  SHIPPED_THRESHOLDS)
+    db = tmp_path / "quality.db"
+    with Store.open(db, upgrade=True) as store:
+        model_id = _daemon_started(store)
+        found = store.record_discovery("/nonexistent-export", "case-01/scan-001.tif", 9, 7, OWNER)
+        job = store.claim_job(OWNER, 60)
+        assert found is not None and job is not None
+        record = dataclasses.replace(sample_record(model_id, decision=True),
+                                     quality=report.to_dict())
+        store.finish_job(job.job_id, OWNER, record)
+    frame = _capture(db, 120, 40)
+    assert "quality passed, 3 of 4 tiles kept (1 out of focus)" in frame, frame
 
 
 def test_frame_does_not_import_torch(alerts_db: Path) -> None:

@@ -10,6 +10,7 @@ clean one is assessed with its measurements stored beside the prediction.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,17 @@ def test_blurred_scan_ends_not_assessable_in_db_audit_and_dashboard(tmp_path: Pa
     assert frame.returncode == 0, frame.stderr
     assert "NOT ASSESSED" in frame.stdout
     assert "out of focus: focus " in frame.stdout, frame.stdout
+
+    # `audit show`: the measurement table of both, each check against its threshold
+    ids = dict(query(daemon.db, "SELECT rel_path, id FROM images"))
+    shown = {}
+    for rel in ("case-01/clean.tif", "case-01/blurred.tif"):
+        done = subprocess.run([MARGINWATCH, "audit", "show", "--db", str(daemon.db), ids[rel]],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        shown[rel] = done.stdout
+    assert "  quality       passed, " in shown["case-01/clean.tif"]
+    assert re.search(r"^ +focus +[0-9.]+ +>= [0-9.]+ +ok$", shown["case-01/clean.tif"], re.M)
+    assert "  quality       FAILED: out of focus: focus " in shown["case-01/blurred.tif"]
+    assert re.search(r"^ +focus +[0-9.]+ +>= [0-9.]+ +FAILED$", shown["case-01/blurred.tif"],
+                     re.M), shown["case-01/blurred.tif"]
