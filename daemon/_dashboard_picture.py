@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 
 from ._quality_text import quality_summary
 
-__all__ = ["Picture", "half_blocks", "load_picture"]
+__all__ = ["HalfBlocks", "Picture", "half_blocks", "load_picture"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,55 @@ class Picture:
     region_note: str
     box: tuple[int, int, int, int] | None
     quality: str | None = None  # the gate's one-line summary (daemon._quality_text)
+    _drawn: dict[tuple[int, int], HalfBlocks] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def blocks(self, cols: int, rows: int) -> HalfBlocks:
+        """The heatmap, and beside it the region when there is one, ``cols`` cells each.
+
+        Drawn once per size: the console redraws on every commit, and the picture changes
+        only with the alert (drawing it was about half of a frame's time).
+        """
+        key = (cols, rows)
+        if key not in self._drawn:
+            if self.heatmap_rgb is None:
+                raise ValueError(f"alert {self.alert_id}: no heatmap to draw")
+            drawn = half_blocks(self.heatmap_rgb, cols, rows)
+            if self.region_rgb is not None:
+                drawn = drawn.beside(half_blocks(self.region_rgb, cols, rows))
+            self._drawn[key] = drawn
+        return self._drawn[key]
+
+
+class HalfBlocks:
+    """A picture as lines of styled segments, ready to draw (a rich renderable).
+
+    Runs of cells with the same colours are one segment, and nothing is measured again
+    when the frame is redrawn.
+    """
+
+    def __init__(self, lines: list[list[Segment]], width: int) -> None:
+        self.lines = lines
+        self.width = width
+
+    def beside(self, other: HalfBlocks, gap: int = 1) -> HalfBlocks:
+        """This picture, ``gap`` spaces, then ``other`` (lines paired from the top)."""
+        blank = [Segment(" " * self.width)]
+        lines = [
+            [*(self.lines[i] if i < len(self.lines) else blank), Segment(" " * gap),
+             *(other.lines[i] if i < len(other.lines) else [])]
+            for i in range(max(len(self.lines), len(other.lines)))
+        ]
+        return HalfBlocks(lines, self.width + gap + other.width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in self.lines:
+            yield from Segment.adjust_line_length(line, options.max_width) if (
+                self.width > options.max_width) else line
+            yield Segment.line()
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(self.width, options.max_width), min(self.width, options.max_width))
 
 
 def _resize(rgb: np.ndarray, cols: int, rows: int) -> np.ndarray:
@@ -55,24 +106,27 @@ def _resize(rgb: np.ndarray, cols: int, rows: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def half_blocks(rgb: np.ndarray, cols: int, rows: int) -> Text:
+def half_blocks(rgb: np.ndarray, cols: int, rows: int) -> HalfBlocks:
     """Render an (H, W, 3) uint8 picture in ``cols`` x ``rows`` character cells."""
     pixels = _resize(rgb, cols, rows)
-    text = Text(no_wrap=True, overflow="crop")
     styles: dict[tuple[int, ...], Style] = {}
+    lines = []
     for row in range(pixels.shape[0] // 2):
-        top, bottom = pixels[2 * row], pixels[2 * row + 1]
-        if row:
-            text.append("\n")
-        for x in range(pixels.shape[1]):
-            key = (*top[x], *bottom[x])
-            style = styles.get(key)
-            if style is None:
-                style = styles[key] = Style.parse(
-                    f"rgb({key[0]},{key[1]},{key[2]}) on rgb({key[3]},{key[4]},{key[5]})"
-                )
-            text.append(UPPER_HALF, style)
-    return text
+        cells = np.concatenate([pixels[2 * row], pixels[2 * row + 1]], axis=1).tolist()
+        line: list[Segment] = []
+        run, key = 0, None
+        for x, cell in enumerate(cells + [None]):
+            here = None if cell is None else tuple(cell)
+            if x and here != key:  # a run of equal cells ends: one segment
+                style = styles.get(key)
+                if style is None:
+                    style = styles[key] = Style.parse(
+                        f"rgb({key[0]},{key[1]},{key[2]}) on rgb({key[3]},{key[4]},{key[5]})")
+                line.append(Segment(UPPER_HALF * run, style))
+                run = 0
+            key, run = here, run + 1
+        lines.append(line)
+    return HalfBlocks(lines, pixels.shape[1])
 
 
 def _heatmap_rgb(

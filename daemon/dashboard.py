@@ -35,7 +35,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ._case_panel import case_panel, case_panel_rows
-from ._dashboard_picture import half_blocks
 from ._dashboard_source import MAX_ALERT_ROWS, Snapshot, Source, latency_seconds
 from .locations import location_label
 
@@ -218,15 +217,11 @@ def _picture_panel(shot: Snapshot, width: int, rows: int) -> RenderableType:
     rows = max(3, rows - (4 if alone else 2) - len(foot))
     cols = max(6, min(2 * rows, width if alone else (width - 1) // 2))
     rows = min(rows, max(3, (cols + 1) // 2))  # the maps are square: 2 pixels per cell row
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True, width=cols)
-    grid.add_column(no_wrap=True, width=cols)
-    left = half_blocks(pic.heatmap_rgb, cols, rows)
     if pic.region_rgb is not None:
-        grid.add_row(left, half_blocks(pic.region_rgb, cols, rows))
-        return Group(head, grid, Text("Grad-CAM, box = region | region", style="dim"), *foot)
+        return Group(head, pic.blocks(cols, rows),
+                     Text("Grad-CAM, box = region | region", style="dim"), *foot)
     # no thumbnail: the heatmap alone, and why
-    return Group(head, left, Text("Grad-CAM, box = region", style="dim"),
+    return Group(head, pic.blocks(cols, rows), Text("Grad-CAM, box = region", style="dim"),
                  Text(pic.region_note, style="yellow"), *foot)
 
 

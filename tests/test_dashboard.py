@@ -260,3 +260,23 @@ def test_snapshot_render_is_pure(alerts_db: Path) -> None:
     console.print(render(shot, 80, 24), height=24)
     console.file.close()
     assert "never seen" in console.export_text()
+
+
+def test_half_blocks_draw_two_pixels_per_cell_in_runs() -> None:
+    from marginwatch.daemon._dashboard_picture import half_blocks
+
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[0::2] = (255, 0, 0)  # upper pixel of every cell red ...
+    rgb[1::2] = (0, 0, 255)  # ... lower blue
+    rgb[:, 3:] = (0, 255, 0)  # the right half green, top and bottom
+    drawn = half_blocks(rgb, 6, 2)
+    assert len(drawn.lines) == 2 and drawn.width == 6
+    for line in drawn.lines:
+        assert [(s.text, s.style.color.triplet, s.style.bgcolor.triplet) for s in line] == [
+            ("\u2580" * 3, (255, 0, 0), (0, 0, 255)), ("\u2580" * 3, (0, 255, 0), (0, 255, 0))]
+    wide = drawn.beside(half_blocks(rgb, 6, 2))
+    assert wide.width == 13 and len(wide.lines) == 2
+    console = Console(width=13, record=True, file=open("/dev/null", "w"))
+    console.print(wide)
+    console.file.close()
+    assert console.export_text() == ("\u2580" * 6 + " " + "\u2580" * 6 + "\n") * 2
