@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .card import DeviceProfile
 from .normalisation import tiles_to_uint8
-from .profiles import background_rgb, to_rgb
+from .profiles import background_rgb, grey_to_rgb, scale_intensities, to_rgb
 from .reader import ImageSource
 from .tiling import Box
 
@@ -90,20 +90,41 @@ def render_tile(
     fill: torch.Tensor,
 ) -> torch.Tensor:
     """(h, w, C) raw region -> (3, size, size) RGB float in [0, 1], resampled and padded."""
-    rgb = torch.from_numpy(to_rgb(region, profile, high=high)).permute(2, 0, 1)  # HWC -> CHW
     height, width = region.shape[:2]
     out_h = min(size, max(1, round(height * size / tile_px)))
     out_w = min(size, max(1, round(width * size / tile_px)))
-    if (out_h, out_w) != (height, width):
-        rgb = F.interpolate(
-            rgb[None],
-            size=(out_h, out_w),
-            mode="bilinear",
-            align_corners=False,
-            antialias=out_h < height,
-        )[0]
+    if _colours_after_resampling(profile):
+        # grey's colouring is affine, 1 - f (1 - h), and never clipped for f and h in
+        # [0, 1]; resampling is a weighted mean with weights summing to 1, so the two
+        # commute: resample the one scaled channel, then colour it at tile size (the same
+        # pixels to float rounding, a third of the resampling and 1/16 of the colouring
+        # for a 1024 px region on a 256 px tile)
+        grey = torch.from_numpy(scale_intensities(region, high)).permute(2, 0, 1)
+        grey = _resample(grey, height, width, out_h, out_w)
+        rgb = torch.from_numpy(grey_to_rgb(grey[0].numpy(), profile.haematoxylin_rgb))
+        rgb = rgb.permute(2, 0, 1)
+    else:
+        rgb = torch.from_numpy(to_rgb(region, profile, high=high)).permute(2, 0, 1)  # HWC -> CHW
+        rgb = _resample(rgb, height, width, out_h, out_w)
     if (out_h, out_w) == (size, size):
         return rgb
     canvas = fill[:, None, None].expand(3, size, size).clone()  # pad bottom/right
     canvas[:, :out_h, :out_w] = rgb
     return canvas
+
+
+def _colours_after_resampling(profile: DeviceProfile) -> bool:
+    """Whether the profile's colour map commutes with resampling (affine, never clipped)."""
+    return profile.kind == "grey" and all(0.0 <= c <= 1.0 for c in profile.haematoxylin_rgb)
+
+
+def _resample(chw: torch.Tensor, height: int, width: int, out_h: int, out_w: int) -> torch.Tensor:
+    if (out_h, out_w) == (height, width):
+        return chw
+    return F.interpolate(
+        chw[None],
+        size=(out_h, out_w),
+        mode="bilinear",
+        align_corners=False,
+        antialias=out_h < height,
+    )[0]
