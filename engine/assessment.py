@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ._limits import check_pixels
-from ._prepared import PreparedImage
+from ._prepared import PreparedImage, Preview
 from ._tile_reader import TileReader
 from .aggregation import aggregate
 from .card import DeviceProfile
@@ -54,7 +54,6 @@ from .profiles import (
     intensity_high,
     nuclear_signal,
     scale_intensities,
-    to_rgb,
 )
 from .quality import (
     QualityReport,
@@ -113,13 +112,18 @@ class Assessment:
     aggregation: str
     model_digest: str
     synthetic_demo: bool
-    preview_rgb: np.ndarray | None = None
+    preview: Preview | None = None  # the overview in the model's colours (preview_rgb)
     feature_mean: np.ndarray | None = None  # (K,) mean pooled CNN features over the tiles
     quality: QualityReport | None = None  # the gate's measurements (it passed)
 
     @property
     def seconds(self) -> float:
         return float(sum(self.timings.values()))
+
+    @property
+    def preview_rgb(self) -> np.ndarray | None:
+        """(h, w, 3) uint8 overview behind the heatmap (drawn on first use)."""
+        return None if self.preview is None else self.preview.rgb()
 
 
 def _engine(config: Config | EngineConfig | None) -> EngineConfig:
@@ -201,7 +205,6 @@ def _plan(
     quality_started = time.perf_counter()
     quality_image = measure_overview(absolute, signal, mask, um * factor)
     quality_seconds = time.perf_counter() - quality_started
-    preview = (to_rgb(overview, profile, high=high) * 255).round().astype(np.uint8)
     tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
     plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
     kept = []
@@ -234,7 +237,7 @@ def _plan(
         profile=profile.name,
         tile_px=tile_px,
         heatmap_scale=factor,
-        preview_rgb=preview,
+        preview=Preview(overview, profile, high),
         tile_size=size,
         normalisation=card.normalisation,
         level=info.level,
@@ -341,7 +344,7 @@ def finish(
         aggregation=engine.aggregation,
         model_digest=model.digest,
         synthetic_demo=card.synthetic_demo,
-        preview_rgb=prepared.preview_rgb,
+        preview=prepared.preview,
         feature_mean=(
             None if inference.pooled is None
             else inference.pooled.float().mean(dim=0).numpy().astype(np.float32)
