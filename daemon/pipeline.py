@@ -47,6 +47,7 @@ file errors :class:`RefusedFileError` and :class:`FileChangedError`; re-exported
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -343,8 +344,13 @@ class Pipeline:
             except Exception as exc:  # a read error part-way through the image
                 if self._batcher.cancel(ticket):
                     self._finish_q.put(Fail(work, exc))
+                return True
             finally:
                 chunks.close()
+            # the gate's overview measures, beside the forward pass instead of before it
+            # (the finisher takes them itself if this fails, and reports the error)
+            with contextlib.suppress(Exception):
+                prepared.measure_quality()
             return True
 
     def _on_inferred(

@@ -10,6 +10,7 @@ Split out of :mod:`engine.assessment`, which plans the image (``prepare``), deci
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ from .card import DeviceProfile, Normalisation
 from .errors import InputError
 from .normalisation import normalise_tiles
 from .profiles import to_rgb
-from .quality import FOCUS_DOWNSAMPLE, tile_focus, tile_masks
+from .quality import FOCUS_DOWNSAMPLE, measure_overview, tile_focus, tile_masks
 from .tiling import Box
 
-__all__ = ["PreparedImage", "Preview"]
+__all__ = ["OverviewMeasure", "PreparedImage", "Preview"]
 
 
 class Preview:
@@ -48,6 +49,29 @@ class Preview:
             self._rgb = (drawn * 255).round().astype(np.uint8)
             self._overview = None  # drawn once; the raw overview is no longer needed
         return self._rgb
+
+
+class OverviewMeasure:
+    """The gate's image-level measurements of one overview, taken once, on first use."""
+
+    def __init__(self, absolute: np.ndarray, scaled: np.ndarray, mask: np.ndarray,
+                 um_per_overview_px: float) -> None:
+        self._inputs: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = (
+            absolute, scaled, mask, um_per_overview_px)
+        self._values: dict[str, float | None] | None = None
+        self._lock = threading.Lock()
+
+    def values(self, timings: dict[str, float]) -> dict[str, float | None]:
+        """The measurements; the first call takes them and adds its time to ``timings``."""
+        with self._lock:
+            if self._values is None:
+                assert self._inputs is not None
+                started = time.perf_counter()
+                self._values = measure_overview(*self._inputs)
+                self._inputs = None  # the arrays are not needed any more
+                timings["quality"] = timings.get("quality", 0.0) + (
+                    time.perf_counter() - started)
+            return self._values
 
 
 @dataclass(eq=False)
@@ -79,9 +103,10 @@ class PreparedImage:
     normalisation: Normalisation = field(default_factory=Normalisation)
     level: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    # quality gate (engine.quality): image-level values, per-tile values (focus is
-    # filled in as the tiles are read), and the overview tissue mask for the tiles
-    quality_image: dict[str, float | None] = field(default_factory=dict)
+    # quality gate (engine.quality): the overview arrays for the image-level values
+    # (measured on first use: measure_quality), per-tile values (focus is filled in as
+    # the tiles are read), and the overview tissue mask for the tiles
+    overview_measure: OverviewMeasure | None = field(default=None, repr=False)
     quality_tiles: list[dict[str, float | None]] = field(default_factory=list)
     mask: np.ndarray | None = field(default=None, repr=False)
     _reader: TileReader | None = field(default=None, repr=False)
@@ -91,6 +116,20 @@ class PreparedImage:
     def __len__(self) -> int:
         """Number of tiles."""
         return len(self.boxes)
+
+    def measure_quality(self) -> dict[str, float | None]:
+        """The quality gate's image-level values (:func:`engine.quality.measure_overview`).
+
+        Measured once, by whichever thread asks first (a second waits), and timed into
+        ``timings["quality"]``. The daemon's reader asks right after handing the tiles to
+        inference, so the measuring runs beside the forward pass instead of before it.
+        """
+        return {} if self.overview_measure is None else self.overview_measure.values(self.timings)
+
+    @property
+    def quality_image(self) -> dict[str, float | None]:
+        """The image-level quality values (measured on first use: :meth:`measure_quality`)."""
+        return self.measure_quality()
 
     @property
     def preview_rgb(self) -> np.ndarray:

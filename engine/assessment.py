@@ -12,8 +12,11 @@ the last chunk, by ``close()`` / the context manager, or when the image is colle
 ``finish`` turns the joined :class:`~marginwatch.engine.inference.Inference` (small:
 logits, probabilities and CAMs at feature-map resolution) into the image decision, the
 driving tile and a heatmap in source space. Before that it applies the quality gate
-(engine.quality): ``prepare`` measures exposure, tissue, voids and seams on the
-overview, each chunk of tiles read is measured for focus, and ``finish`` leaves out the
+(engine.quality): ``prepare`` measures each tile's saturation and keeps the overview
+for the exposure, tissue, void and seam measures (taken by
+:meth:`PreparedImage.measure_quality`, at the latest in ``finish``: the daemon's reader
+takes them while the tiles are inferred), each chunk of tiles read is measured for
+focus, and ``finish`` leaves out the
 tiles that fail, or raises :class:`~marginwatch.engine.errors.QualityGateError` ("not
 assessable", each reason with its value and threshold) for an image that fails. The
 daemon batches the tiles of several images between the two; :func:`assess` runs the
@@ -41,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ._limits import check_pixels
-from ._prepared import PreparedImage, Preview
+from ._prepared import OverviewMeasure, PreparedImage, Preview
 from ._tile_reader import TileReader
 from .aggregation import aggregate
 from .card import DeviceProfile
@@ -59,7 +62,6 @@ from .quality import (
     QualityReport,
     effective_thresholds,
     gate,
-    measure_overview,
     tile_saturation,
 )
 from .reader import open_image
@@ -202,9 +204,6 @@ def _plan(
         scale_intensities(overview, _dtype_range(info.dtype, channels)), profile
     )
     mask = tissue_mask(signal, flat_is_tissue=float(absolute.mean()) > 0.1)
-    quality_started = time.perf_counter()
-    quality_image = measure_overview(absolute, signal, mask, um * factor)
-    quality_seconds = time.perf_counter() - quality_started
     tile_px = tile_source_px(card.input_size_px, card.um_per_px, um)
     plan = plan_tiles(height, width, tile_px, engine.tile_overlap_fraction)
     kept = []
@@ -216,7 +215,7 @@ def _plan(
     saturated = [
         tile_saturation(absolute, mask, plan.clip(footprint), factor) for footprint, _ in kept
     ]
-    quality_seconds += time.perf_counter() - quality_started
+    quality_seconds = time.perf_counter() - quality_started
     if not kept:
         raise NoTissueError(
             f"{image_path}: no tile of {len(plan.footprints)} holds tissue "
@@ -246,7 +245,7 @@ def _plan(
             "preprocess": time.perf_counter() - started - quality_seconds,
             "quality": quality_seconds,
         },
-        quality_image=quality_image,
+        overview_measure=OverviewMeasure(absolute, signal, mask, um * factor),
         quality_tiles=[{"saturated_fraction": s} for s in saturated],
         mask=mask,
         _reader=TileReader(source, boxes, profile, high, tile_px, size),
@@ -289,6 +288,7 @@ def finish(
         got = 0 if inference is None else len(inference)
         raise InputError(f"{prepared.path}: {got} tile results for {count} tiles; not assessed")
     card = model.card
+    prepared.measure_quality()  # unless the reader did already (timed in prepared.timings)
     started = time.perf_counter()
     report = check_quality(prepared, model, engine)
     quality_seconds = prepared.timings.get("quality", 0.0) + time.perf_counter() - started
