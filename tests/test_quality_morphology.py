@@ -134,3 +134,19 @@ def test_tile_saturation_is_the_saturated_share_of_tissue_under_the_box(factor: 
         else:
             expected = float((np.nan_to_num(tissue) >= SATURATED_LEVEL).mean())
             assert got == pytest.approx(expected, abs=1e-12) and 0.0 <= got <= 1.0
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(257, 300)])
+def test_square_closing_and_hole_filling_equal_scipy(shape) -> None:  # noqa: ANN001
+    """engine.tissue's closing by the 3 x 3 square and its hole filling."""
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    for level in (0.3, 0.5, 0.6, 0.7, -1.0, 2.0):  # -1: all True; 2: all False
+        mask = ndimage.uniform_filter(rng.random(shape), 3, mode="nearest") > level
+        closed = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool), border_value=0)
+        assert np.array_equal(_morphology.close_square(mask), closed), level
+        assert np.array_equal(_morphology.fill_holes(mask), ndimage.binary_fill_holes(mask))
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False  # a hole
+    ring[0, 3] = True  # a pixel on the border, and background that touches it
+    assert _morphology.fill_holes(ring)[4, 4] and not _morphology.fill_holes(ring)[0, 0]
