@@ -3,7 +3,9 @@
 SQLite (the embedded default): WAL, ``foreign_keys=ON``, ``synchronous=FULL``, a busy
 timeout; writers start every transaction with ``BEGIN IMMEDIATE`` (so a writer waits for
 the lock at the start, never fails half-way with SQLITE_BUSY on upgrade from a read
-lock), readers connect with the ``mode=ro`` URI and ``query_only``. pysqlite's own
+lock), a read-write store's reads with a deferred ``BEGIN`` (:data:`READ_OPTION`: they
+take no write lock, so they never wait for a writer), readers connect with the
+``mode=ro`` URI and ``query_only``. pysqlite's own
 transaction handling is switched off (``isolation_level=None``) and SQLAlchemy's
 ``begin`` event emits BEGIN: the recipe from SQLAlchemy's pysqlite documentation
 ("Serializable isolation / Savepoints / Transactional DDL").
@@ -75,6 +77,11 @@ def parse_target(url_or_path: str | Path) -> Target:
     )
 
 
+#: execution option of the engine a store reads through: its SQLite transactions begin
+#: deferred (``BEGIN``), not ``BEGIN IMMEDIATE``
+READ_OPTION = "marginwatch_read"
+
+
 def make_engine(target: Target, *, readonly: bool, busy_timeout_seconds: float) -> Engine:
     if target.sqlite_path is None:
         return _postgres_engine(target, readonly=readonly)
@@ -125,7 +132,11 @@ def _sqlite_engine(path: Path, *, readonly: bool, busy_s: float) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        # a read of a read-write store (READ_OPTION) must not take the write lock: in WAL
+        # mode a deferred BEGIN reads a snapshot beside the writers instead of queueing
+        # behind their fsync'd commits
+        reading = readonly or connection.get_execution_options().get(READ_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -40,7 +40,14 @@ from sqlalchemy.orm import Session
 
 from . import _digests, _jobs, _queries, audit, schema
 from ._case_store import CaseMethods
-from ._connection import Target, check_sqlite_file, make_engine, parse_target, translate_errors
+from ._connection import (
+    READ_OPTION,
+    Target,
+    check_sqlite_file,
+    make_engine,
+    parse_target,
+    translate_errors,
+)
 from ._store_queue import QueueMethods
 from ._store_reads import ReadMethods
 from ._time import aware_utc as _now
@@ -67,6 +74,8 @@ class Store(QueueMethods, ReadMethods, CaseMethods, MonitoringMethods):
         self, engine: Engine, target: Target, *, readonly: bool, busy_timeout_seconds: float
     ) -> None:
         self._engine = engine
+        # reads begin deferred: a snapshot beside the writers (_connection.READ_OPTION)
+        self._read_engine = engine.execution_options(**{READ_OPTION: True})
         self._target = target
         self.readonly = readonly
         self._busy = busy_timeout_seconds
@@ -149,7 +158,7 @@ class Store(QueueMethods, ReadMethods, CaseMethods, MonitoringMethods):
         return schema.head_revision()
 
     def current_revision(self) -> str | None:
-        with self._translate(), self._engine.connect() as connection:
+        with self._translate(), self._read_engine.connect() as connection:
             return schema.current_revision(connection)
 
     def _refuse_newer(self, current: str | None) -> None:
@@ -160,7 +169,7 @@ class Store(QueueMethods, ReadMethods, CaseMethods, MonitoringMethods):
             )
 
     def _check_schema(self) -> None:
-        with self._translate(), self._engine.connect() as connection:
+        with self._translate(), self._read_engine.connect() as connection:
             current = schema.current_revision(connection)
             if current is None and not inspect(connection).get_table_names():
                 raise SchemaVersionError(
@@ -267,7 +276,7 @@ class Store(QueueMethods, ReadMethods, CaseMethods, MonitoringMethods):
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._healing(), Session(self._engine) as session, session.begin():
+        with self._healing(), Session(self._read_engine) as session, session.begin():
             yield session
 
     # --- models and discovery -------------------------------------------------------
