@@ -44,8 +44,8 @@ class IntakeMethods:
     Uses these attributes, all set in ``Service.__init__``: ``config``, ``root``,
     ``root_key``, ``store``, ``owner``, ``tracker``, ``pipeline``, ``recorded``,
     ``claimed``, ``_sightings``, ``_filter``, ``_scans``, ``_locations``, ``_known``,
-    ``_triggered_poll_at`` and ``_clock``; and the Service's ``_has_capacity()`` (shared
-    with its claims, so it stays there).
+    ``_triggered_poll_at``, ``_claim_hint`` and ``_clock``; and the Service's
+    ``_has_capacity()`` (shared with its claims, so it stays there).
     """
 
     config: Config
@@ -63,6 +63,7 @@ class IntakeMethods:
     _locations: LocationRules
     _known: set[tuple[str, int, int]]
     _triggered_poll_at: float
+    _claim_hint: bool  # a discovery left a job pending: the Service's _claim looks now
     _clock: Callable[[], float]
 
     def _has_capacity(self) -> bool:  # pragma: no cover - the Service's
@@ -131,6 +132,8 @@ class IntakeMethods:
                 if found.claimed is not None:
                     self.claimed += 1
                     self.pipeline.submit(found.claimed)
+                else:  # recorded pending: _claim leases it when there is room
+                    self._claim_hint = True
 
     def _placement(self, rel_path: str) -> Placement:
         """Case and location of a new image; never raises (the image must not be lost)."""

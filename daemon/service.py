@@ -168,6 +168,12 @@ class Service(IntakeMethods):
         self._known: set[tuple[str, int, int]] = set()
         self.recorded = 0
         self.claimed = 0
+        # _claim runs a write transaction: only when a job may be waiting (a discovery
+        # left one pending, the pipeline made room) or every poll interval (retries due,
+        # leases requeued, jobs another daemon recorded), not on every loop turn
+        self._claim_hint = True
+        self._claim_at = -math.inf
+        self._in_flight_seen = 0
         self._errors_in_a_row = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -231,7 +237,7 @@ class Service(IntakeMethods):
                 if now >= next_lease:
                     self._keep_leases()
                     next_lease = now + max(0.2, d.lease_seconds / 3)
-                self._claim()
+                self._claim(now)
                 if now >= next_idle_check:
                     self._close_idle_cases()
                     next_idle_check = now + min(IDLE_CASE_CHECK_SECONDS,
@@ -320,15 +326,23 @@ class Service(IntakeMethods):
     def _has_capacity(self) -> bool:
         return self.pipeline.in_flight() < self._capacity() and self.should_keep_running()
 
-    def _claim(self) -> None:
+    def _claim(self, now: float) -> None:
+        """Lease pending jobs while the pipeline has room, when one may be waiting."""
         d = self.config.daemon
+        in_flight = self.pipeline.in_flight()
+        made_room, self._in_flight_seen = in_flight < self._in_flight_seen, in_flight
+        if not (self._claim_hint or made_room or now >= self._claim_at):
+            return
+        self._claim_hint = False
+        self._claim_at = now + d.poll_interval_seconds
         while self._has_capacity():
             # Only our folder's jobs: daemons watching other folders may share the database.
             job = self.store.claim_job(self.owner, d.lease_seconds, root_key=self.root_key)
             if job is None:
-                return
+                break
             self.claimed += 1
             self.pipeline.submit(job)
+        self._in_flight_seen = self.pipeline.in_flight()
 
     def _requeue_orphans(self) -> None:
         """At start-up: jobs held by daemons of this host that no longer run go back now.
