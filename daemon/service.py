@@ -11,8 +11,9 @@ stays responsive (signals, WATCHDOG=1):
   (``Store.record_discovery``; the same path+size+mtime never twice); a file ready by
   its format, with a worker free, is leased in that same transaction and goes straight
   to the pipeline;
-- claim jobs (leases) while the :class:`Pipeline` has room; extend the leases of jobs in
-  flight; put expired leases of dead workers back (``requeue_expired``);
+- claim jobs (leases) while the :class:`Pipeline` has room, when one may be waiting (a
+  discovery left it pending, the pipeline made room, or once a poll interval); extend
+  the leases of jobs in flight; put expired leases of dead workers back (``requeue_expired``);
 - heartbeat row + ``STATUS=`` every ``heartbeat_seconds``; ``WATCHDOG=1`` when asked.
 
 SIGTERM/SIGINT: stop intake (observer, scans, claims), let the pipeline finish within
@@ -23,9 +24,10 @@ daemon of this host whose process is gone (SIGKILL, crash) are put back at once
 SIGHUP: reload the configuration file, apply what can change live, audit
 ``config.reloaded`` (what changed, what needs a restart).
 
-This module holds the main loop, the queue, the heartbeat, SIGHUP and the start-up
+This module holds the main loop, the queue, the heartbeat and the start-up
 (:func:`run_daemon`); the intake (sightings, scans, recording ready files) is
-:class:`._intake.IntakeMethods`, which :class:`Service` inherits.
+:class:`._intake.IntakeMethods` and SIGHUP's reload :class:`._reload.ReloadMethods`,
+which :class:`Service` inherits.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from typing import Any
 from marginwatch.engine.config import Config, load_config
 from marginwatch.engine.errors import (
     AuditChainError,
-    ConfigError,
     ConflictError,
     DaemonError,
     MarginwatchError,
@@ -57,6 +58,7 @@ from marginwatch.engine.errors import (
 from marginwatch.engine.pathnames import display_path
 
 from ._intake import IntakeMethods
+from ._reload import LIVE_DAEMON_FIELDS, RESTART_ENGINE_FIELDS, ReloadMethods
 from .locations import LocationRules
 from .observer import FolderObserver, PathFilter, Sighting, scan_folder
 from .pipeline import Pipeline, Settings
@@ -64,22 +66,10 @@ from .readiness import ReadinessTracker
 from .sdnotify import Notifier
 from .signals import SignalFlags
 
-__all__ = ["Service", "run_daemon"]
+__all__ = ["LIVE_DAEMON_FIELDS", "RESTART_ENGINE_FIELDS", "Service", "run_daemon"]
 
 logger = logging.getLogger(__name__)
 
-#: daemon settings that SIGHUP applies live; every other change needs a restart.
-LIVE_DAEMON_FIELDS = (
-    "settle_seconds", "stable_polls", "poll_interval_seconds", "rescan_seconds",
-    "ignore_globs", "image_globs", "max_attempts", "retry_delay_seconds", "lease_seconds",
-    "max_batch_tiles", "max_batch_wait_ms", "shutdown_seconds", "heartbeat_seconds",
-    "drift_check_seconds",
-)
-#: engine settings read per image (so live); the backend and how it was built (precision,
-#: engine cache, TensorRT optimisation profile and workspace) are fixed until a restart.
-RESTART_ENGINE_FIELDS = (
-    "backend", "precision", "engine_cache_dir", "tensorrt_max_batch", "tensorrt_workspace_mib",
-)
 #: what the heartbeat says about the model and backend (the dashboard's header reads it).
 HEARTBEAT_MODEL_KEYS = (
     "model_digest", "architecture", "synthetic_demo", "backend", "device", "precision",
@@ -100,7 +90,7 @@ def configure_logging(level: str | None = None, environ: Mapping[str, str] = os.
     logging.getLogger("watchdog").setLevel(logging.WARNING)
 
 
-class Service(IntakeMethods):
+class Service(IntakeMethods, ReloadMethods):
     """The running daemon around an open store, a loaded model and a backend.
 
     ``stages`` has ``prepare``/``finish``/``record`` bound to the model (see
@@ -390,54 +380,6 @@ class Service(IntakeMethods):
             **self._model_details,
         })
         self.notifier.status(self._status_text())
-
-    # --- SIGHUP ------------------------------------------------------------------------------
-
-    def reload(self) -> None:
-        """Re-read the configuration and apply the settings that can change live."""
-        if self._reload_config is None:
-            return
-        self.notifier.reloading(status="reloading configuration")
-        try:
-            new = self._reload_config()
-        except ConfigError as exc:
-            logger.error("reload refused, configuration unchanged: %s", exc)
-            self.store.audit("config.reload_failed", self.owner, {"error": str(exc)}, self.owner)
-            self.notifier.ready(status=self._status_text())
-            return
-        old = self.config
-        changed: dict[str, list[Any]] = {}
-        needs_restart: list[str] = []
-        for section in ("daemon", "engine"):
-            before = getattr(old, section).model_dump(mode="json")
-            after = getattr(new, section).model_dump(mode="json")
-            for name, value in after.items():
-                if before.get(name) == value:
-                    continue
-                live = (name in LIVE_DAEMON_FIELDS if section == "daemon"
-                        else name not in RESTART_ENGINE_FIELDS)
-                if live:
-                    changed[f"{section}.{name}"] = [before.get(name), value]
-                    setattr(getattr(old, section), name, getattr(getattr(new, section), name))
-                else:
-                    needs_restart.append(f"{section}.{name}")
-        if new.cases != old.cases:  # every [cases] setting is live: the next image uses it
-            changed["cases"] = [old.cases.model_dump(mode="json"),
-                                new.cases.model_dump(mode="json")]
-            old.cases = new.cases
-            self._locations = LocationRules.from_config(new.cases)
-        d = old.daemon
-        self.tracker.settle_seconds = d.settle_seconds
-        self.tracker.stable_polls = d.stable_polls
-        self._filter.update(d.image_globs, d.ignore_globs)  # shared with the observer
-        self.pipeline.settings = Settings(d.max_attempts, d.retry_delay_seconds)
-        self.pipeline.set_batching(d.max_batch_tiles, d.max_batch_wait_ms)
-        self.store.audit("config.reloaded", self.owner,
-                         {"source": new.source, "changed": changed, "needs_restart": needs_restart},
-                         self.owner)
-        logger.info("configuration reloaded: %d change(s) applied, %d need a restart (%s)",
-                    len(changed), len(needs_restart), ", ".join(needs_restart) or "none")
-        self.notifier.ready(status=self._status_text())
 
 
 # --- start-up ----------------------------------------------------------------------------------
