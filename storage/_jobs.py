@@ -4,7 +4,8 @@ discover -> claim -> (record_assessment | close_duplicate | fail_or_retry), and 
 ways a job goes back: put_back (released), requeue_lost (lease expired, owner gone).
 
 The steps in which the file is not read (superseded, moved, waiting for a file still
-changing, put back) are in :mod:`._job_unread`, re-exported here.
+changing, put back) are in :mod:`._job_unread`, and the failures (retry or fail for
+good, a lost lease put back) in :mod:`._job_failures`; both are re-exported here.
 
 Kept apart from :mod:`store` so each stays readable; nothing here commits: the caller's
 ``with store._write()`` block is the transaction, so a crash between any two steps leaves
@@ -16,17 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from marginwatch.engine.errors import ConflictError, NotFoundError
-from marginwatch.engine.pathnames import display_path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import _cases, _digests, audit
+from ._job_failures import fail_final, fail_or_retry, requeue_lost
 from ._job_unread import _same_inode, close_moved, moved_to, put_back, supersede, wait_for_change
 from ._paths import path_key
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
@@ -34,7 +34,6 @@ from .records import (
     AssessmentRecord,
     ClaimedJob,
     Discovery,
-    FailOutcome,
     FinishOutcome,
     Placement,
 )
@@ -335,17 +334,6 @@ def record_assessment(
     return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` (JSON-ready) with NaN and infinities as None: canonical JSON has neither."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _quality_summary(quality: Any) -> dict[str, Any] | None:
     """The gate's values and tile counts for the audit trail (thresholds are in the row)."""
     if not quality:
@@ -380,133 +368,3 @@ def close_duplicate(
         actor,
         now,
     )
-
-
-def fail_or_retry(
-    session: Session,
-    job: Job,
-    error_class: str,
-    message: str,
-    retry_after_seconds: float | None,
-    max_attempts: int,
-    actor: str,
-    now: datetime,
-    *,
-    quality: Mapping[str, Any] | None = None,
-) -> FailOutcome:
-    """Retry later (pending + not_before) or fail for good with a not-assessed alert."""
-    message = display_path(message)  # a name in it may hold any bytes: one printable line
-    job.error_class = error_class
-    job.error_message = message
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.updated_at = now
-    if retry_after_seconds is not None and job.attempts < max_attempts:
-        job.state = "pending"
-        job.not_before = now + timedelta(seconds=retry_after_seconds)
-        audit.append_event(
-            session,
-            "job.retry_scheduled",
-            job.image_id,
-            {
-                "job_id": job.id,
-                "attempts": job.attempts,
-                "error_class": error_class,
-                "not_before": job.not_before.isoformat(),
-            },
-            actor,
-            now,
-        )
-        return FailOutcome(
-            state="pending", attempts=job.attempts, not_before=job.not_before, alert_id=None
-        )
-    alert_id = fail_final(session, job, error_class, message, actor, now, quality=quality)
-    return FailOutcome(state="failed", attempts=job.attempts, not_before=None, alert_id=alert_id)
-
-
-def fail_final(
-    session: Session,
-    job: Job,
-    error_class: str,
-    message: str,
-    actor: str,
-    now: datetime,
-    *,
-    quality: Mapping[str, Any] | None = None,
-) -> int:
-    """Fail ``job`` for good: a not-assessed alert and ``image.failed`` (audited), with the
-    quality gate's measurements when the gate stopped it."""
-    message = display_path(message)
-    job.state = "failed"
-    job.error_class = error_class
-    job.error_message = message
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.finished_at = now
-    job.updated_at = now
-    alert = Alert(
-        kind="not-assessed",
-        image_id=job.image_id,
-        job_id=job.id,
-        raised_at=now,
-        message=f"NOT ASSESSED ({error_class}): {message}",
-    )
-    session.add(alert)
-    session.flush()
-    audit.append_event(
-        session,
-        "image.failed",
-        job.image_id,
-        {
-            "job_id": job.id,
-            "attempts": job.attempts,
-            "error_class": error_class,
-            "message": message,
-            **({} if quality is None else {"quality": _finite(quality)}),
-        },
-        actor,
-        now,
-    )
-    audit.append_event(
-        session,
-        "alert.raised",
-        job.image_id,
-        {"alert_id": alert.id, "kind": "not-assessed", "job_id": job.id,
-         "digests": _digests.alert_digests(alert)},
-        actor,
-        now,
-    )
-    logger.warning(
-        "image %s not assessed after %d attempts (%s)", job.image_id, job.attempts, error_class
-    )
-    return alert.id
-
-
-def requeue_lost(
-    session: Session,
-    job: Job,
-    reason: str | None,
-    max_attempts: int | None,
-    actor: str,
-    now: datetime,
-) -> None:
-    """A job whose worker is gone (lease expired, or owner process gone) goes back.
-
-    The claim still counts: after ``max_attempts`` claims (a file that kills its worker)
-    it fails for good with a not-assessed alert instead. Audited ``job.requeued``.
-    """
-    if max_attempts is not None and job.attempts >= max_attempts:
-        what = "worker lease expired" if reason is None else f"worker gone ({reason})"
-        fail_final(session, job, "LeaseExpired", f"{what} {job.attempts} times", actor, now)
-        return
-    previous = job.lease_owner
-    put_back(job, now)
-    payload: dict[str, object] = {
-        "job_id": job.id,
-        "attempts": job.attempts,
-        "lease_owner": previous,
-    }
-    if reason is not None:
-        payload["reason"] = reason
-    audit.append_event(session, "job.requeued", job.image_id, payload, actor, now)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -50,6 +51,7 @@ __all__ = [
     "append_event",
     "canonical_json",
     "event_hash",
+    "json_finite",
     "lock_chain",
     "verify_chain",
 ]
@@ -59,6 +61,17 @@ logger = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 # Any constant works; this one spells "mwaudit" so it is recognisable in pg_locks.
 _PG_LOCK_KEY = 0x6D7761756469_74
+
+
+def json_finite(value: Any) -> Any:
+    """``value`` (JSON-ready) with NaN and infinities as None: canonical JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_finite(v) for v in value]
+    return value
 
 
 def canonical_json(value: Any) -> str:
