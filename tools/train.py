@@ -33,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeRemainingColumn
 
 from . import metrics
-from ._dataset import aggregate_images, build_cache
+from ._dataset import TileCache, aggregate_images, build_cache
 from ._input_reference import input_reference
 from ._manifest import Manifest
 from ._objective import TEMPERATURE_RANGE, fit_temperature
@@ -51,6 +52,9 @@ from ._pretrained import load_pretrained
 from ._progress import progress_bar
 from ._splits import Split
 from ._trainer import Trainer
+
+if TYPE_CHECKING:
+    from marginwatch.engine.model import Model
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
 
@@ -153,8 +157,6 @@ def train(
     console: Console | None = None,
 ) -> TrainResult:
     """Train a margin model on ``manifest_path`` into the artefact folder ``out``."""
-    from marginwatch.engine.model import build_model
-
     options = options or TrainOptions()
     config = config or load_config()
     console = console or Console(stderr=True)
@@ -165,18 +167,7 @@ def train(
 
     manifest, split = preflight(manifest_path, options)
     train_idx = _subsample(manifest, split.train, options.max_train_images, options.seed)
-    torch.manual_seed(options.seed)
-    model = build_model(
-        options.architecture,
-        input_size_px=options.input_size_px,
-        um_per_px=options.um_per_px,
-        device_profile={"kind": options.profile},
-        dropout=options.dropout,
-        synthetic_demo=options.synthetic_demo,
-    )
-    if options.pretrained:
-        loaded = load_pretrained(model.torch_module(), Path(options.pretrained))
-        console.print(f"pretrained: {loaded} tensors from {options.pretrained}")
+    model = _build_model(options, console)
     console.print(
         f"manifest: {manifest.describe()}; split (patients) "
         + ", ".join(
@@ -189,12 +180,57 @@ def train(
             f"train subsample: {len(train_idx)} of {len(split.train)} images "
             f"(--max-train-images {options.max_train_images})"
         )
-
     engine = config.engine
-    caches = {}
+    caches, skipped = _read_images(manifest, {"train": train_idx, "val": list(split.val)},
+                                   model, engine, console)
+    read_seconds = time.perf_counter() - started
+    console.print(
+        f"tiles: train {len(caches['train'].tiles)}, val {len(caches['val'].tiles)} "
+        f"(read in {read_seconds:.0f} s)"
+    )
+
+    trainer = Trainer(options, model, caches["train"], caches["val"], engine, device)
+    trainer.skipped = skipped
+    stopped = trainer.resume(checkpoint, options, manifest.sha256) if resume else None
+    if resume:
+        console.print(f"resumed after epoch {trainer.epoch} (best val AUC {trainer.best_auc:.3f})")
+    _write_split_manifests(out / "splits", manifest, split)
+    stopped = _run_epochs(trainer, options, checkpoint, manifest.sha256, stopped, console)
+    console.print(
+        f"stopped: {stopped}; best val AUC {trainer.best_auc:.3f} at epoch {trainer.best_epoch}"
+    )
+    return _finalise(
+        out, options, manifest, split, trainer, stopped, started, read_seconds, console
+    )
+
+
+def _build_model(options: TrainOptions, console: Console) -> Model:
+    """The untrained network the options ask for, from local pretrained weights if given."""
+    from marginwatch.engine.model import build_model
+
+    torch.manual_seed(options.seed)
+    model = build_model(
+        options.architecture,
+        input_size_px=options.input_size_px,
+        um_per_px=options.um_per_px,
+        device_profile={"kind": options.profile},
+        dropout=options.dropout,
+        synthetic_demo=options.synthetic_demo,
+    )
+    if options.pretrained:
+        loaded = load_pretrained(model.torch_module(), Path(options.pretrained))
+        console.print(f"pretrained: {loaded} tensors from {options.pretrained}")
+    return model
+
+
+def _read_images(
+    manifest: Manifest, sets: dict[str, list[int]], model: Model, engine: Any, console: Console
+) -> tuple[dict[str, TileCache], dict[str, list[str]]]:
+    """Each set's tiles read once (a progress bar per set); the images without tissue."""
+    caches: dict[str, TileCache] = {}
     skipped: dict[str, list[str]] = {}
     with progress_bar(console) as bar:
-        for name, indices in (("train", train_idx), ("val", list(split.val))):
+        for name, indices in sets.items():
             task = bar.add_task(f"reading {name} images", total=len(indices))
             caches[name], skipped[name] = build_cache(
                 manifest.subset(indices),
@@ -208,18 +244,18 @@ def train(
                 f"[yellow]skipped {len(images)} {name} image(s) without tissue "
                 f"(the engine would not assess them): {', '.join(images[:5])}"
             )
-    read_seconds = time.perf_counter() - started
-    console.print(
-        f"tiles: train {len(caches['train'].tiles)}, val {len(caches['val'].tiles)} "
-        f"(read in {read_seconds:.0f} s)"
-    )
+    return caches, skipped
 
-    trainer = Trainer(options, model, caches["train"], caches["val"], engine, device)
-    trainer.skipped = skipped
-    stopped = trainer.resume(checkpoint, options, manifest.sha256) if resume else None
-    if resume:
-        console.print(f"resumed after epoch {trainer.epoch} (best val AUC {trainer.best_auc:.3f})")
-    _write_split_manifests(out / "splits", manifest, split)
+
+def _run_epochs(
+    trainer: Trainer,
+    options: TrainOptions,
+    checkpoint: Path,
+    manifest_sha256: str,
+    stopped: str | None,
+    console: Console,
+) -> str:
+    """Epochs until one of the stopping rules says why; a checkpoint after each."""
     loop_started = time.perf_counter()
     previous = sum(h["seconds"] for h in trainer.history)
     with _epoch_progress(console) as bar:
@@ -239,25 +275,8 @@ def train(
             loss = trainer.train_epoch(bar, task)
             trainer.recalibrate_batchnorm()
             auc, brier = trainer.validate()
-            trainer.epoch += 1
-            improved = not math.isnan(auc) and auc > trainer.best_auc
-            if improved:
-                trainer.best_auc, trainer.best_epoch = auc, trainer.epoch
-                trainer.best_state = {
-                    k: v.detach().cpu().clone() for k, v in trainer.network.state_dict().items()
-                }
             seconds = time.perf_counter() - epoch_started
-            trainer.history.append(
-                {
-                    "epoch": trainer.epoch,
-                    "loss": round(loss, 5),
-                    "val_auc": None if math.isnan(auc) else round(auc, 5),
-                    "val_brier": None if math.isnan(brier) else round(brier, 5),
-                    "lr": trainer.optimizer.param_groups[0]["lr"],
-                    "class_weights": trainer.class_weights.state(),
-                    "seconds": round(seconds, 1),
-                }
-            )
+            improved = _end_epoch(trainer, loss, auc, brier, seconds)
             bar.update(
                 task,
                 completed=trainer.epoch * trainer.steps_per_epoch,
@@ -274,13 +293,31 @@ def train(
                 and (previous + time.perf_counter() - loop_started) / 60 > options.max_minutes
             ):
                 stopped = f"time budget of {options.max_minutes:g} minutes reached"
-            trainer.save(checkpoint, options, manifest.sha256, stopped)
-    console.print(
-        f"stopped: {stopped}; best val AUC {trainer.best_auc:.3f} at epoch {trainer.best_epoch}"
+            trainer.save(checkpoint, options, manifest_sha256, stopped)
+    return stopped
+
+
+def _end_epoch(trainer: Trainer, loss: float, auc: float, brier: float, seconds: float) -> bool:
+    """Count the epoch, keep the best weights, add it to the history; True if it improved."""
+    trainer.epoch += 1
+    improved = not math.isnan(auc) and auc > trainer.best_auc
+    if improved:
+        trainer.best_auc, trainer.best_epoch = auc, trainer.epoch
+        trainer.best_state = {
+            k: v.detach().cpu().clone() for k, v in trainer.network.state_dict().items()
+        }
+    trainer.history.append(
+        {
+            "epoch": trainer.epoch,
+            "loss": round(loss, 5),
+            "val_auc": None if math.isnan(auc) else round(auc, 5),
+            "val_brier": None if math.isnan(brier) else round(brier, 5),
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "class_weights": trainer.class_weights.state(),
+            "seconds": round(seconds, 1),
+        }
     )
-    return _finalise(
-        out, options, manifest, split, trainer, stopped, started, read_seconds, console
-    )
+    return improved
 
 
 def _finalise(
