@@ -1,4 +1,5 @@
-"""Binary morphology and box filters for the quality gate, fast and equal to scipy's.
+"""Binary morphology and box filters for the tissue mask and the quality gate, fast and
+equal to scipy's.
 
 The gate (engine.quality) must cost at most a tenth of ``assess``, and the tissue mask
 (engine.tissue) runs on every image. The scipy.ndimage calls they used are general (any
@@ -108,10 +109,10 @@ def close_square(mask: np.ndarray) -> np.ndarray:
     counts as False in both, so the erosion clears the outermost ring, as scipy's does.
     """
     out = np.asarray(mask, dtype=bool)
-    for combine, outside in ((np.logical_or, False), (np.logical_and, False)):
+    for combine in (np.logical_or, np.logical_and):  # dilate, then erode
         for axis in (0, 1):
-            padded = np.moveaxis(np.pad(out, [(1, 1) if a == axis else (0, 0) for a in (0, 1)],
-                                        constant_values=outside), axis, 0)
+            padding = [(1, 1) if a == axis else (0, 0) for a in (0, 1)]
+            padded = np.moveaxis(np.pad(out, padding), axis, 0)  # outside: False
             out = np.moveaxis(combine(combine(padded[:-2], padded[1:-1]), padded[2:]), 0, axis)
     return out
 

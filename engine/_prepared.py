@@ -127,11 +127,6 @@ class PreparedImage:
         return {} if self.overview_measure is None else self.overview_measure.values(self.timings)
 
     @property
-    def quality_image(self) -> dict[str, float | None]:
-        """The image-level quality values (measured on first use: :meth:`measure_quality`)."""
-        return self.measure_quality()
-
-    @property
     def preview_rgb(self) -> np.ndarray:
         """(H / scale, W / scale, 3) uint8: the overview in the model's colours."""
         return self.preview.rgb()

@@ -360,7 +360,7 @@ def check_quality(
     engine = _engine(config)
     thresholds = effective_thresholds(model.card.quality, engine.quality_overrides())
     return gate(
-        prepared.quality_image, prepared.quality_tiles, prepared.tissue_fractions, thresholds
+        prepared.measure_quality(), prepared.quality_tiles, prepared.tissue_fractions, thresholds
     )
 
 

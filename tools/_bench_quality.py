@@ -45,7 +45,7 @@ def _measure_set(folder: Path, rows, model, thresholds) -> list[tuple[str, objec
         with prepared:
             for _ in prepared.iter_tiles(8):
                 pass
-        report = gate(prepared.quality_image, prepared.quality_tiles,
+        report = gate(prepared.measure_quality(), prepared.quality_tiles,
                       prepared.tissue_fractions, thresholds)
         out.append((str(path), report))
     return out
