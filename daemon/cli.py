@@ -308,6 +308,13 @@ def synth(
     patients: Annotated[
         int | None, typer.Option(help="Number of patients (default: 24, external 10).")
     ] = None,
+    focal_fraction: Annotated[
+        float, typer.Option(help="Share of tumour images with only a small focus at the ink.")
+    ] = 0.4,
+    inside_fraction: Annotated[
+        float,
+        typer.Option(help="Share of benign images with tumour away from the ink (hard negatives)."),
+    ] = 0.06,
     centre: Annotated[
         str, typer.Option(help="development | external (other stain, noise, pixel size).")
     ] = "development",
@@ -334,8 +341,9 @@ def synth(
     from marginwatch.tools.synth_cli import run_synth
 
     guarded(run_synth, out, images=images, tumour_fraction=tumour_fraction, patients=patients,
-            centre=centre, profile=profile, mosaic=mosaic, seed=seed, size_px=size_px,
-            workers=workers, force=force, degrade=degrade, strength=strength)
+            focal_fraction=focal_fraction, inside_fraction=inside_fraction, centre=centre,
+            profile=profile, mosaic=mosaic, seed=seed, size_px=size_px, workers=workers,
+            force=force, degrade=degrade, strength=strength)
 
 
 @app.command()

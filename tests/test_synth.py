@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import pytest
 import tifffile
 from marginwatch.engine.errors import ConfigError
 from marginwatch.tools.synth import (
+    FOCAL_FRACTION,
+    INSIDE_FRACTION,
     MANIFEST_COLUMNS,
+    _pick_kind,
     generate_image,
     write_dataset,
     write_image,
@@ -64,6 +68,53 @@ def test_manifest_columns_counts_and_balance(tmp_path: Path) -> None:
             if r["label"] == "tumour"
             else ("benign", "atrophy", "tumour-inside")
         )
+
+
+def _kind_before_the_mix_options(rng: np.random.Generator, label: str, field_um: float) -> str:
+    """The kind draw as written before focal/inside fractions were options."""
+    if label == "tumour":
+        return "tumour-margin" if rng.random() < 0.6 else "tumour-focal"
+    u = rng.random()
+    if u < 0.06 and field_um >= 800:
+        return "tumour-inside"
+    return "atrophy" if u < 0.32 else "benign"
+
+
+@pytest.mark.parametrize("field_um", [512.0, 1024.0])
+def test_default_kind_mix_draws_what_it_always_drew(field_um: float) -> None:
+    for label in ("tumour", "benign"):
+        old, new = np.random.default_rng(3), np.random.default_rng(3)
+        before = [_kind_before_the_mix_options(old, label, field_um) for _ in range(4000)]
+        assert [_pick_kind(new, label, field_um) for _ in range(4000)] == before
+
+
+def test_kind_mix_enriches_hard_kinds() -> None:
+    rng = np.random.default_rng(4)
+    benign = Counter(_pick_kind(rng, "benign", 1024.0, inside_fraction=0.3) for _ in range(4000))
+    tumour = Counter(_pick_kind(rng, "tumour", 1024.0, focal_fraction=0.5) for _ in range(4000))
+    assert 0.27 < benign["tumour-inside"] / 4000 < 0.33
+    # the rest keeps atrophy's share of what is not tumour-inside (0.26 / 0.94)
+    assert 0.24 < benign["atrophy"] / (4000 - benign["tumour-inside"]) < 0.31
+    assert 0.47 < tumour["tumour-focal"] / 4000 < 0.53
+    small = Counter(_pick_kind(rng, "benign", 512.0, inside_fraction=0.3) for _ in range(500))
+    assert "tumour-inside" not in small  # a 512 um field has no room 350 um from the edge
+
+
+def test_dataset_with_only_hard_kinds(tmp_path: Path) -> None:
+    rows = write_dataset(
+        tmp_path, images=4, tumour_fraction=0.5, patients=2, size_px=800, seed=3, workers=1,
+        focal_fraction=1.0, inside_fraction=1.0,
+    )
+    assert Counter(r.kind for r in rows) == {"tumour-focal": 2, "tumour-inside": 2}
+    assert Counter(r["kind"] for r in _manifest(tmp_path)) == {"tumour-focal": 2, "tumour-inside": 2}
+
+
+def test_cli_mix_defaults_are_the_generators() -> None:
+    from marginwatch.daemon.cli import synth
+
+    defaults = inspect.signature(synth).parameters
+    assert defaults["focal_fraction"].default == FOCAL_FRACTION
+    assert defaults["inside_fraction"].default == INSIDE_FRACTION
 
 
 def test_external_centre_defaults_mirror_the_paper(tmp_path: Path) -> None:
@@ -188,6 +239,8 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
         (["--profile", "cmyk"], "--profile 'cmyk' is not one of"),
         (["--size-px", "16"], "--size-px 16 is outside 128..16384"),
         (["--images", "3", "--patients", "5"], "--patients 5 exceeds --images 3"),
+        (["--inside-fraction", "-0.1"], "--inside-fraction -0.1: expected a value in 0..1"),
+        (["--focal-fraction", "2"], "--focal-fraction 2.0: expected a value in 0..1"),
     ],
 )
 def test_cli_bad_arguments_give_one_line(tmp_path: Path, args: list[str], message: str) -> None:

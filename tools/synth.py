@@ -129,13 +129,26 @@ def patient_style(rng: np.random.Generator, centre: str = "development") -> Styl
     )
 
 
-def _pick_kind(rng: np.random.Generator, label: str, field_um: float) -> str:
+FOCAL_FRACTION = 0.4  # of tumour images: a few glands at the edge instead of a large focus
+INSIDE_FRACTION = 0.06  # of benign images (fields >= 800 um): tumour, but away from the edge
+_ATROPHY_SHARE = 0.26 / 0.94  # of the benign images that are not tumour-inside
+
+
+def _pick_kind(
+    rng: np.random.Generator,
+    label: str,
+    field_um: float,
+    focal_fraction: float = FOCAL_FRACTION,
+    inside_fraction: float = INSIDE_FRACTION,
+) -> str:
+    """One draw: the kind of a ``label`` image. The defaults draw what they always drew."""
     if label == "tumour":
-        return "tumour-margin" if rng.random() < 0.6 else "tumour-focal"
+        return "tumour-margin" if rng.random() < 1.0 - focal_fraction else "tumour-focal"
     u = rng.random()
-    if u < 0.06 and field_um >= 800:  # tumour present, but away from the inked edge
+    if u < inside_fraction and field_um >= 800:  # tumour present, but away from the inked edge
         return "tumour-inside"
-    return "atrophy" if u < 0.32 else "benign"
+    atrophy_below = inside_fraction + (1.0 - inside_fraction) * _ATROPHY_SHARE
+    return "atrophy" if u < atrophy_below else "benign"
 
 
 def gareau_rgb(fluorescence: np.ndarray, reflectance: np.ndarray) -> np.ndarray:
@@ -155,11 +168,15 @@ def generate_image(
     profile: str = "grey",
     size_px: int = DEFAULT_SIZE_PX,
     style: Style | None = None,
+    focal_fraction: float = FOCAL_FRACTION,
+    inside_fraction: float = INSIDE_FRACTION,
 ) -> SynthImage:
     """Draw one margin scan. ``label``: "tumour" (tumour at the inked edge) or "benign".
 
     ``kind`` refines the label (``._synth_tissue.KINDS``): tumour-margin / tumour-focal for
-    "tumour"; benign / atrophy / tumour-inside for "benign"; drawn from ``rng`` if None.
+    "tumour"; benign / atrophy / tumour-inside for "benign"; drawn from ``rng`` if None,
+    with ``focal_fraction`` of tumour images focal and ``inside_fraction`` of benign ones
+    (fields of 800 um or more) tumour-inside.
     """
     if label not in LABELS:
         raise ConfigError(f"label {label!r} is not one of {', '.join(LABELS)}")
@@ -168,7 +185,7 @@ def generate_image(
     if not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX:
         raise ConfigError(f"--size-px {size_px} is outside {MIN_SIZE_PX}..{MAX_SIZE_PX}")
     if kind is None:
-        kind = _pick_kind(rng, label, size_px * c.um_per_px)
+        kind = _pick_kind(rng, label, size_px * c.um_per_px, focal_fraction, inside_fraction)
     elif kind not in KINDS_BY_LABEL[label]:
         raise ConfigError(f"kind {kind!r} does not fit label {label!r}")
     style = style or patient_style(rng, centre)
@@ -272,12 +289,15 @@ def _validate(images: int, tumour_fraction: float, patients: int, size_px: int) 
 
 def _job(args: tuple) -> tuple[str, str]:
     """Worker: draw and write one image; returns its (kind, relative path)."""
-    out, rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, patient = args
+    (out, rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, patient,
+     fractions) = args
     style = patient_style(
         np.random.default_rng(np.random.SeedSequence([seed, centre_key, 10**6 + patient])), centre
     )
     rng = np.random.default_rng(np.random.SeedSequence([seed, centre_key, index]))
-    image = generate_image(rng, label, centre=centre, profile=profile, size_px=size_px, style=style)
+    image = generate_image(
+        rng, label, centre=centre, profile=profile, size_px=size_px, style=style, **fractions
+    )
     write_image(Path(out) / rel, image, mosaic=mosaic)
     return image.kind, rel
 
@@ -288,6 +308,8 @@ def write_dataset(
     images: int | None = None,
     tumour_fraction: float | None = None,
     patients: int | None = None,
+    focal_fraction: float = FOCAL_FRACTION,
+    inside_fraction: float = INSIDE_FRACTION,
     centre: str = "development",
     profile: str = "grey",
     mosaic: bool = False,
@@ -300,7 +322,9 @@ def write_dataset(
     """Write a synthetic export under ``out`` and ``out/manifest.csv``; returns the rows.
 
     Unset counts take the centre's defaults (development: 275 images, 37 tumour, 24
-    patients; external: 46 images, 23 tumour, 10 patients).
+    patients; external: 46 images, 23 tumour, 10 patients). ``focal_fraction`` and
+    ``inside_fraction`` set the mix of hard kinds (:func:`generate_image`); a training set
+    may enrich them, while evaluation sets keep the defaults.
     """
     c = _centre(centre)
     _check_profile(profile)
@@ -313,6 +337,11 @@ def write_dataset(
     if seed < 0:
         raise ConfigError(f"--seed {seed}: expected a non-negative integer")
     n_tumour = _validate(images, tumour_fraction, patients, size_px)
+    for option, value in (("--focal-fraction", focal_fraction),
+                          ("--inside-fraction", inside_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{option} {value}: expected a value in 0..1")
+    fractions = {"focal_fraction": focal_fraction, "inside_fraction": inside_fraction}
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
@@ -335,7 +364,8 @@ def write_dataset(
         counters[case] = counters.get(case, 0) + 1
         rel = scan_name(case, counters[case])  # case folder, scan number, location
         jobs.append(
-            (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p)
+            (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p,
+             fractions)
         )
 
     workers = min(len(jobs), workers or min(4, os.cpu_count() or 1))
