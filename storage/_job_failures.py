@@ -19,7 +19,7 @@ from marginwatch.engine.pathnames import display_path
 from sqlalchemy.orm import Session
 
 from . import _digests, audit
-from ._job_unread import put_back
+from ._job_unread import end_job, put_back
 from .models import Alert, Job
 from .records import FailOutcome
 
@@ -83,14 +83,9 @@ def fail_final(
     """Fail ``job`` for good: a not-assessed alert and ``image.failed`` (audited), with the
     quality gate's measurements when the gate stopped it."""
     message = display_path(message)
-    job.state = "failed"
+    end_job(job, "failed", now)
     job.error_class = error_class
     job.error_message = message
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.finished_at = now
-    job.updated_at = now
     alert = Alert(
         kind="not-assessed",
         image_id=job.image_id,

@@ -4,6 +4,8 @@ A job whose file another image now holds is closed without an attempt or an aler
 ``superseded`` by a newer version of the file (:func:`supersede`; :func:`wait_for_change`
 when the held file is still changing) or ``moved`` to a new name (:func:`moved_to`,
 :func:`close_moved`); :func:`put_back` returns a held job to ``pending`` unread.
+:func:`end_job` is the one way every module ends a job (done, duplicate, failed,
+superseded, moved).
 
 Split out of :mod:`._jobs` (which re-exports these names for the Store); nothing here
 commits, the caller's ``with store._write()`` block is the transaction.
@@ -32,12 +34,7 @@ def _close_unread(
 ) -> None:
     """End a job whose file was never read because another image holds its content
     (``superseded`` by a newer version, or ``moved`` to a new name): no attempt, no alert."""
-    job.state = state
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.finished_at = now
-    job.updated_at = now
+    end_job(job, state, now)
     audit.append_event(
         session, event, job.image_id, {"job_id": job.id, "attempts": job.attempts, **other},
         actor, now,
@@ -107,6 +104,16 @@ def close_moved(session: Session, job: Job, new_image_id: str, actor: str, now: 
     """Close a job whose file was renamed before it was read: assessed under its new name."""
     _close_unread(session, job, "moved", "image.moved", {"new_image_id": new_image_id}, actor,
                   now)
+
+
+def end_job(job: Job, state: str, now: datetime) -> None:
+    """Put ``job`` in the final ``state``: lease and retry time dropped, finished ``now``."""
+    job.state = state
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.not_before = None
+    job.finished_at = now
+    job.updated_at = now
 
 
 def put_back(job: Job, now: datetime) -> None:

@@ -27,7 +27,15 @@ from sqlalchemy.orm import Session
 
 from . import _cases, _digests, audit
 from ._job_failures import fail_final, fail_or_retry, requeue_lost
-from ._job_unread import _same_inode, close_moved, moved_to, put_back, supersede, wait_for_change
+from ._job_unread import (
+    _same_inode,
+    close_moved,
+    end_job,
+    moved_to,
+    put_back,
+    supersede,
+    wait_for_change,
+)
 from ._paths import path_key
 from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
 from .records import (
@@ -316,14 +324,10 @@ def record_assessment(
             actor,
             now,
         )
-    job.state = "done"
+    end_job(job, "done", now)
     job.prediction_id = prediction.id
-    job.lease_owner = None
-    job.lease_expires_at = None
     job.error_class = None
     job.error_message = None
-    job.finished_at = now
-    job.updated_at = now
     session.flush()
     logger.info(
         "image %s assessed: prediction %d decision=%s",
@@ -354,12 +358,8 @@ def close_duplicate(
     image = session.get(Image, job.image_id)
     assert image is not None
     image.sha256 = sha256
-    job.state = "duplicate"
+    end_job(job, "duplicate", now)
     job.prediction_id = of_prediction_id
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.finished_at = now
-    job.updated_at = now
     audit.append_event(
         session,
         "image.duplicate",
