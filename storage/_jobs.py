@@ -225,11 +225,47 @@ def record_assessment(
     model = session.get(ModelRow, result.model_id)
     if model is None:
         raise NotFoundError(f"model {result.model_id}: not registered")
+    _describe_image(image, result)
+    prediction = _add_prediction(session, image, model, result, now)
+    tiles, heatmap = _add_outputs(session, prediction, result)
+    alert = _add_alert(session, image, job, prediction, result, now) if result.decision else None
+    alert_id = None if alert is None else alert.id
+    # The order of the events is part of the hash chain: the assessment, then its alert.
+    event = audit.append_event(
+        session,
+        "image.assessed",
+        image.id,
+        _assessed_payload(job, model, prediction, tiles, heatmap, result),
+        actor,
+        now,
+    )
+    if alert is not None:
+        event = audit.append_event(
+            session, "alert.raised", image.id, _alert_payload(alert, prediction), actor, now
+        )
+    _close_done(session, job, prediction, now)
+    logger.info(
+        "image %s assessed: prediction %d decision=%s",
+        image.id,
+        prediction.id,
+        result.decision,
+    )
+    return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
+
+
+def _describe_image(image: Image, result: AssessmentRecord) -> None:
+    """What reading the file told us about it: its bytes' hash, shape, scale and profile."""
     image.sha256 = result.sha256
     image.shape_json = json.dumps(list(result.shape))
     image.um_per_px = result.um_per_px
     image.um_per_px_source = result.um_per_px_source
     image.profile = result.profile
+
+
+def _add_prediction(
+    session: Session, image: Image, model: ModelRow, result: AssessmentRecord, now: datetime
+) -> Prediction:
+    """The prediction row, flushed so its id can key the tiles, heatmap and events."""
     prediction = Prediction(
         image_id=image.id,
         model_id=model.id,
@@ -247,6 +283,13 @@ def record_assessment(
     )
     session.add(prediction)
     session.flush()
+    return prediction
+
+
+def _add_outputs(
+    session: Session, prediction: Prediction, result: AssessmentRecord
+) -> tuple[list[Tile], Heatmap | None]:
+    """The prediction's tiles, heatmap and summary (flushed); tiles and heatmap are digested."""
     tiles = [
         Tile(
             prediction_id=prediction.id,
@@ -272,70 +315,77 @@ def record_assessment(
         session.add(PredictionSummary(prediction_id=prediction.id, kind=result.summary_kind,
                                       data=result.summary_data))
     session.flush()
-    alert_id = None
-    if result.decision:
-        alert = Alert(
-            kind="tumour-at-margin",
-            image_id=image.id,
-            prediction_id=prediction.id,
-            job_id=job.id,
-            raised_at=now,
-            message=(
-                f"tumour at margin: p={result.probability:.3f} >= threshold {result.threshold:.3f}"
-            ),
-        )
-        session.add(alert)
-        session.flush()
-        alert_id = alert.id
-    event = audit.append_event(
-        session,
-        "image.assessed",
-        image.id,
-        {
-            "job_id": job.id,
-            "prediction_id": prediction.id,
-            "model_digest": model.digest,
-            "sha256": result.sha256,
-            "backend": result.backend,
-            "device": result.device,
-            "precision": result.precision,
-            "probability": result.probability,
-            "raw_probability": result.raw_probability,
-            "decision": result.decision,
-            "threshold": result.threshold,
-            "tiles": len(result.tiles),
-            "digests": _digests.assessment_digests(prediction, tiles, heatmap),
-            "quality": _quality_summary(result.quality),
-        },
-        actor,
-        now,
+    return tiles, heatmap
+
+
+def _add_alert(
+    session: Session,
+    image: Image,
+    job: Job,
+    prediction: Prediction,
+    result: AssessmentRecord,
+    now: datetime,
+) -> Alert:
+    """The tumour-at-margin alert of a positive decision, flushed so the event can cite it."""
+    alert = Alert(
+        kind="tumour-at-margin",
+        image_id=image.id,
+        prediction_id=prediction.id,
+        job_id=job.id,
+        raised_at=now,
+        message=(
+            f"tumour at margin: p={result.probability:.3f} >= threshold {result.threshold:.3f}"
+        ),
     )
-    if alert_id is not None:
-        event = audit.append_event(
-            session,
-            "alert.raised",
-            image.id,
-            {
-                "alert_id": alert_id,
-                "kind": "tumour-at-margin",
-                "prediction_id": prediction.id,
-                "digests": _digests.alert_digests(alert),
-            },
-            actor,
-            now,
-        )
+    session.add(alert)
+    session.flush()
+    return alert
+
+
+def _assessed_payload(
+    job: Job,
+    model: ModelRow,
+    prediction: Prediction,
+    tiles: list[Tile],
+    heatmap: Heatmap | None,
+    result: AssessmentRecord,
+) -> dict[str, Any]:
+    """The ``image.assessed`` payload: ids, the decision and the digests of the rows written."""
+    return {
+        "job_id": job.id,
+        "prediction_id": prediction.id,
+        "model_digest": model.digest,
+        "sha256": result.sha256,
+        "backend": result.backend,
+        "device": result.device,
+        "precision": result.precision,
+        "probability": result.probability,
+        "raw_probability": result.raw_probability,
+        "decision": result.decision,
+        "threshold": result.threshold,
+        "tiles": len(result.tiles),
+        "digests": _digests.assessment_digests(prediction, tiles, heatmap),
+        "quality": _quality_summary(result.quality),
+    }
+
+
+def _alert_payload(alert: Alert, prediction: Prediction) -> dict[str, Any]:
+    """The ``alert.raised`` payload of a tumour-at-margin alert, with the alert row's digest."""
+    return {
+        "alert_id": alert.id,
+        "kind": "tumour-at-margin",
+        "prediction_id": prediction.id,
+        "digests": _digests.alert_digests(alert),
+    }
+
+
+def _close_done(session: Session, job: Job, prediction: Prediction, now: datetime) -> None:
+    """``processing`` -> ``done``, pointing at its prediction, any earlier error cleared."""
     end_job(job, "done", now)
     job.prediction_id = prediction.id
     job.error_class = None
     job.error_message = None
     session.flush()
-    logger.info(
-        "image %s assessed: prediction %d decision=%s",
-        image.id,
-        prediction.id,
-        result.decision,
-    )
-    return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
 
 
 def _quality_summary(quality: Any) -> dict[str, Any] | None:

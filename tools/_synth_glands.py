@@ -10,7 +10,9 @@ Split out of :mod:`._synth_tissue` (which composes the whole image and re-export
 - ``_add_gland`` (benign: branched, papillary, two layers; atrophy: small, flattened;
   tumour: small, round, one layer of enlarged nuclei), with its lobe outline helpers
   ``_lobe_radius`` / ``_radius_at``, and ``_place``, which finds a centre whose
-  footprint overlaps no earlier gland.
+  footprint overlaps no earlier gland. A gland is drawn in steps: ``_gland_layout``
+  (layers, lobes), ``_trace_lumen``, ``_paint_layers``, then its kind's nuclei, queued
+  at sites along ``_ring``s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -92,10 +95,47 @@ def _radius_at(phi: np.ndarray, lobe: tuple) -> np.ndarray:
     return r0 * r
 
 
+@dataclass(frozen=True)
+class _Gland:
+    """One drawn gland, in its window of the canvas: what its nuclei are placed along."""
+
+    x0: int  # the window's corner on the canvas
+    y0: int
+    t1: float  # luminal layer thickness, px
+    t2: float  # basal layer thickness, px (0: tumour has none)
+    lumen: np.ndarray
+    dist: np.ndarray  # px from the lumen
+    free: np.ndarray  # pixels no earlier gland had drawn on
+    normal: np.ndarray  # direction away from the lumen, radians
+
+
 def _add_gland(
     rng: np.random.Generator, c: _Canvas, kind: str, cx: float, cy: float, r0: float, style: Style
 ) -> None:
-    """Rasterise one gland (lumen, epithelial layers) and queue its nuclei."""
+    """Rasterise one gland (lumen, epithelial layers) and queue its nuclei.
+
+    The steps draw from ``rng`` in a fixed order (layout, then nuclei): a seed must keep
+    giving the same image.
+    """
+    t1, t2, lobes = _gland_layout(rng, c, kind, r0)
+    traced = _trace_lumen(c, cx, cy, t1, t2, lobes)
+    if traced is None:
+        return
+    window, lumen = traced
+    g = _paint_layers(c, kind, style, window, lumen, t1, t2)
+    if kind == "benign":
+        _benign_nuclei(rng, c, g, style)
+        _corpora_amylacea(rng, c, g)
+    elif kind == "atrophy":
+        _atrophy_nuclei(rng, c, g, style)
+    else:
+        _tumour_nuclei(rng, c, g, style)
+
+
+def _gland_layout(
+    rng: np.random.Generator, c: _Canvas, kind: str, r0: float
+) -> tuple[float, float, list[tuple[float, float, tuple]]]:
+    """Luminal and basal layer thicknesses (px) and the lobes (dx, dy, outline) of a gland."""
     if kind == "benign":
         t1, t2 = c.px(rng.uniform(11, 17)), c.px(rng.uniform(3.5, 5))
         lobes = [(0.0, 0.0, _lobe_radius(rng, r0, kind))]
@@ -115,140 +155,185 @@ def _add_gland(
     else:  # tumour: one layer, no basal cells
         t1, t2 = c.px(rng.uniform(9, 13)), 0.0
         lobes = [(0.0, 0.0, _lobe_radius(rng, r0, kind))]
+    return t1, t2, lobes
+
+
+def _trace_lumen(
+    c: _Canvas,
+    cx: float,
+    cy: float,
+    t1: float,
+    t2: float,
+    lobes: list[tuple[float, float, tuple]],
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """The gland's window on the canvas (lobes plus layers t1 + t2) and its lumen there;
+    None when the window is off the canvas or the lumen is empty."""
     extent = max(abs(dx) + lb[0] * 1.4 for dx, dy, lb in lobes)
     extent = max(extent, max(abs(dy) + lb[0] * 1.4 for dx, dy, lb in lobes)) + t1 + t2 + 3
     x0, x1 = int(max(0, cx - extent)), int(min(c.w, cx + extent + 1))
     y0, y1 = int(max(0, cy - extent)), int(min(c.h, cy + extent + 1))
     if x1 - x0 < 3 or y1 - y0 < 3:
-        return
+        return None
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     lumen = np.zeros(xx.shape, bool)
     for dx, dy, lobe in lobes:
         ox, oy = xx - (cx + dx), yy - (cy + dy)
         lumen |= np.hypot(ox, oy) < _radius_at(np.arctan2(oy, ox), lobe)
     if not lumen.any():
-        return
-    already = c.occupied[y0:y1, x0:x1]
+        return None
+    return (slice(y0, y1), slice(x0, x1)), lumen
+
+
+def _paint_layers(
+    c: _Canvas,
+    kind: str,
+    style: Style,
+    window: tuple[slice, slice],
+    lumen: np.ndarray,
+    t1: float,
+    t2: float,
+) -> _Gland:
+    """Draw the lumen and epithelial layers where no earlier gland is, and claim the footprint
+    (cytoplasm level, occupancy, tumour mask)."""
+    free = ~c.occupied[window]
     dist = ndimage.distance_transform_edt(~lumen).astype(np.float32)
     luminal = np.clip(t1 + 0.5 - dist, 0, 1) * (~lumen)
     basal = np.clip(t1 + t2 + 0.5 - dist, 0, 1) * (~lumen) - luminal
-    free = ~already
-    c.lumen[y0:y1, x0:x1] = np.where(
-        free, np.maximum(c.lumen[y0:y1, x0:x1], lumen), c.lumen[y0:y1, x0:x1]
-    )
-    c.luminal[y0:y1, x0:x1] = np.where(
-        free, np.maximum(c.luminal[y0:y1, x0:x1], luminal), c.luminal[y0:y1, x0:x1]
-    )
-    c.basal[y0:y1, x0:x1] = np.where(
-        free, np.maximum(c.basal[y0:y1, x0:x1], basal), c.basal[y0:y1, x0:x1]
-    )
+    c.lumen[window] = np.where(free, np.maximum(c.lumen[window], lumen), c.lumen[window])
+    c.luminal[window] = np.where(free, np.maximum(c.luminal[window], luminal), c.luminal[window])
+    c.basal[window] = np.where(free, np.maximum(c.basal[window], basal), c.basal[window])
     level = {"benign": 1.0, "atrophy": 0.85, "tumour": 1.3}.get(kind, 1.3) * style.cytoplasm
     foot = (lumen | (dist <= t1 + t2 + 0.5)) & free
-    c.cyto_level[y0:y1, x0:x1][foot] = level
-    c.occupied[y0:y1, x0:x1] |= foot
+    c.cyto_level[window][foot] = level
+    c.occupied[window] |= foot
     if kind == "tumour":
-        c.tumour[y0:y1, x0:x1] |= foot
-
+        c.tumour[window] |= foot
     gy, gx = np.gradient(dist)
-    normal = np.arctan2(gy, gx)
+    rows, cols = window
+    return _Gland(cols.start, rows.start, t1, t2, lumen, dist, free, np.arctan2(gy, gx))
 
-    def ring(target: float, spacing_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sel = (np.abs(dist - target) < 0.75) & ~lumen & free
-        ys, xs = np.nonzero(sel)
-        if ys.size == 0:
-            return ys, xs, ys.astype(np.float32)
-        # one nucleus per spacing-sized cell of a grid, then drop near pairs
-        order = rng.permutation(ys.size)
-        ys, xs = ys[order], xs[order]
-        cell = (ys // spacing_px).astype(np.int64) * 100000 + (xs // spacing_px).astype(np.int64)
-        _, first = np.unique(cell, return_index=True)
-        ys, xs = ys[first], xs[first]
-        if ys.size > 1:
-            pts = np.column_stack([xs, ys]).astype(np.float32)
-            drop = {j for i, j in cKDTree(pts).query_pairs(spacing_px * 0.7)}
-            keep = np.array([i not in drop for i in range(ys.size)])
-            ys, xs = ys[keep], xs[keep]
-        return ys, xs, normal[ys, xs]
 
-    if kind == "benign":
-        ys, xs, th = ring(t1 - c.px(rng.uniform(3.5, 5.0)), c.px(7.5))
-        n = ys.size
-        a, b = c.px(rng.uniform(3.2, 4.0, n)), c.px(rng.uniform(2.3, 2.9, n))
-        c.nuclei.append(
-            (
-                xs + x0 + 0.5,
-                ys + y0 + 0.5,
-                a,
-                b,
-                th,
-                style.nucleus * rng.uniform(0.75, 0.95, n),
-                np.zeros(n, bool),
-            )
-        )
-        ys, xs, th = ring(t1 + t2 / 2, c.px(9.0))
-        n = ys.size
-        keep = rng.random(n) < 0.85
-        c.nuclei.append(
-            (
-                xs[keep] + x0 + 0.5,
-                ys[keep] + y0 + 0.5,
-                c.px(rng.uniform(3.8, 5, keep.sum())),
-                c.px(rng.uniform(1.3, 1.8, keep.sum())),
-                th[keep] + np.pi / 2,
-                style.nucleus * rng.uniform(0.8, 1.0, keep.sum()),
-                np.zeros(keep.sum(), bool),
-            )
-        )
-        if rng.random() < 0.35:  # corpora amylacea in the main lumen
-            inside = ndimage.distance_transform_edt(lumen)
-            r_ca = c.px(rng.uniform(7, 22))
-            ys, xs = np.nonzero(inside > r_ca + 2)
-            if ys.size:
-                i = rng.integers(ys.size)
-                c.amylacea.append((xs[i] + x0, ys[i] + y0, r_ca))
-    elif kind == "atrophy":
-        ys, xs, th = ring(t1 * 0.5, c.px(7.0))
-        n = ys.size
-        c.nuclei.append(
-            (
-                xs + x0 + 0.5,
-                ys + y0 + 0.5,
-                c.px(rng.uniform(3.2, 4.2, n)),
-                c.px(rng.uniform(1.5, 2.0, n)),
-                th + np.pi / 2,
-                style.nucleus * rng.uniform(0.9, 1.1, n),
-                np.zeros(n, bool),
-            )
-        )
-        ys, xs, th = ring(t1 + t2 / 2, c.px(12.0))
-        keep = rng.random(ys.size) < 0.3  # basal cells only here and there
-        n = int(keep.sum())
-        c.nuclei.append(
-            (
-                xs[keep] + x0 + 0.5,
-                ys[keep] + y0 + 0.5,
-                c.px(rng.uniform(3.5, 4.5, n)),
-                c.px(rng.uniform(1.2, 1.6, n)),
-                th[keep] + np.pi / 2,
-                style.nucleus * rng.uniform(0.8, 1.0, n),
-                np.zeros(n, bool),
-            )
-        )
-    else:
-        ys, xs, th = ring(t1 * 0.5, c.px(9.5))
-        n = ys.size
-        a = c.px(rng.uniform(4.0, 5.5, n))
-        c.nuclei.append(
-            (
-                xs + x0 + 0.5,
-                ys + y0 + 0.5,
-                a,
-                a * rng.uniform(0.8, 0.95, n),
-                th,
-                style.nucleus * rng.uniform(0.8, 1.05, n),
-                rng.random(n) < 0.8,
-            )
-        )
+def _ring(
+    rng: np.random.Generator, g: _Gland, target: float, spacing_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nucleus sites (ys, xs in the window, outward angle) ``target`` px out from the lumen,
+    about ``spacing_px`` apart."""
+    sel = (np.abs(g.dist - target) < 0.75) & ~g.lumen & g.free
+    ys, xs = np.nonzero(sel)
+    if ys.size == 0:
+        return ys, xs, ys.astype(np.float32)
+    # one nucleus per spacing-sized cell of a grid, then drop near pairs
+    order = rng.permutation(ys.size)
+    ys, xs = ys[order], xs[order]
+    cell = (ys // spacing_px).astype(np.int64) * 100000 + (xs // spacing_px).astype(np.int64)
+    _, first = np.unique(cell, return_index=True)
+    ys, xs = ys[first], xs[first]
+    if ys.size > 1:
+        pts = np.column_stack([xs, ys]).astype(np.float32)
+        drop = {j for i, j in cKDTree(pts).query_pairs(spacing_px * 0.7)}
+        keep = np.array([i not in drop for i in range(ys.size)])
+        ys, xs = ys[keep], xs[keep]
+    return ys, xs, g.normal[ys, xs]
+
+
+def _queue_nuclei(
+    c: _Canvas,
+    g: _Gland,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    a: npt.ArrayLike,  # semi-axes, px (arrays: _Canvas.px is hinted for scalars)
+    b: npt.ArrayLike,
+    theta: np.ndarray,
+    value: np.ndarray,
+    nucleolus: np.ndarray,
+) -> None:
+    """Queue nuclei at window sites (ys, xs), centred on their pixels in canvas coordinates."""
+    c.nuclei.append((xs + g.x0 + 0.5, ys + g.y0 + 0.5, a, b, theta, value, nucleolus))
+
+
+def _benign_nuclei(rng: np.random.Generator, c: _Canvas, g: _Gland, style: Style) -> None:
+    """Two layers: oval luminal nuclei, long axis along the normal, and (most places) flat
+    basal ones lying along the outer edge."""
+    ys, xs, th = _ring(rng, g, g.t1 - c.px(rng.uniform(3.5, 5.0)), c.px(7.5))
+    n = ys.size
+    a, b = c.px(rng.uniform(3.2, 4.0, n)), c.px(rng.uniform(2.3, 2.9, n))
+    _queue_nuclei(
+        c, g, ys, xs, a, b, th, style.nucleus * rng.uniform(0.75, 0.95, n), np.zeros(n, bool)
+    )
+    ys, xs, th = _ring(rng, g, g.t1 + g.t2 / 2, c.px(9.0))
+    n = ys.size
+    keep = rng.random(n) < 0.85
+    _queue_nuclei(
+        c,
+        g,
+        ys[keep],
+        xs[keep],
+        c.px(rng.uniform(3.8, 5, keep.sum())),
+        c.px(rng.uniform(1.3, 1.8, keep.sum())),
+        th[keep] + np.pi / 2,
+        style.nucleus * rng.uniform(0.8, 1.0, keep.sum()),
+        np.zeros(keep.sum(), bool),
+    )
+
+
+def _corpora_amylacea(rng: np.random.Generator, c: _Canvas, g: _Gland) -> None:
+    """Now and then (35 %) a round concretion in a benign lumen, clear of its edge."""
+    if rng.random() < 0.35:  # corpora amylacea in the main lumen
+        inside = ndimage.distance_transform_edt(g.lumen)
+        r_ca = c.px(rng.uniform(7, 22))
+        ys, xs = np.nonzero(inside > r_ca + 2)
+        if ys.size:
+            i = rng.integers(ys.size)
+            c.amylacea.append((xs[i] + g.x0, ys[i] + g.y0, r_ca))
+
+
+def _atrophy_nuclei(rng: np.random.Generator, c: _Canvas, g: _Gland, style: Style) -> None:
+    """One thin layer of flattened nuclei lying along the edge; basal cells only here and there."""
+    ys, xs, th = _ring(rng, g, g.t1 * 0.5, c.px(7.0))
+    n = ys.size
+    _queue_nuclei(
+        c,
+        g,
+        ys,
+        xs,
+        c.px(rng.uniform(3.2, 4.2, n)),
+        c.px(rng.uniform(1.5, 2.0, n)),
+        th + np.pi / 2,
+        style.nucleus * rng.uniform(0.9, 1.1, n),
+        np.zeros(n, bool),
+    )
+    ys, xs, th = _ring(rng, g, g.t1 + g.t2 / 2, c.px(12.0))
+    keep = rng.random(ys.size) < 0.3  # basal cells only here and there
+    n = int(keep.sum())
+    _queue_nuclei(
+        c,
+        g,
+        ys[keep],
+        xs[keep],
+        c.px(rng.uniform(3.5, 4.5, n)),
+        c.px(rng.uniform(1.2, 1.6, n)),
+        th[keep] + np.pi / 2,
+        style.nucleus * rng.uniform(0.8, 1.0, n),
+        np.zeros(n, bool),
+    )
+
+
+def _tumour_nuclei(rng: np.random.Generator, c: _Canvas, g: _Gland, style: Style) -> None:
+    """One layer of enlarged, nearly round nuclei, most with a visible nucleolus."""
+    ys, xs, th = _ring(rng, g, g.t1 * 0.5, c.px(9.5))
+    n = ys.size
+    a = c.px(rng.uniform(4.0, 5.5, n))
+    _queue_nuclei(
+        c,
+        g,
+        ys,
+        xs,
+        a,
+        a * rng.uniform(0.8, 0.95, n),
+        th,
+        style.nucleus * rng.uniform(0.8, 1.05, n),
+        rng.random(n) < 0.8,
+    )
 
 
 def _place(
