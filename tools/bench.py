@@ -26,6 +26,7 @@ than pytorch-grad-cam; peak RSS <= 2.5 GB on the 20k mosaic; on CUDA end-to-end 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -166,24 +167,59 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
+@dataclass
+class _Bench:
+    """What the sections share: resolved options, the model, its backend and the inputs."""
+
+    options: BenchOptions
+    plan: _Plan
+    device: Any  # torch.device
+    precision: str
+    channels_last: bool
+    workdir: Path
+    model: Any
+    model_dir: Path
+    engine: Any  # EngineConfig
+    backend: Any
+    factory: Any  # RegionFactory: the daemon section writes more regions
+    paths: list[str]
+
+    @property
+    def cuda(self) -> bool:
+        return self.options.device == "cuda"
+
+
 def run_bench(options: BenchOptions, *, console: Any = None) -> dict[str, Any]:
     """Run the selected sections; print rich tables; write ``--json``; return the report."""
-    import torch
-    from marginwatch.engine import select_backend
-    from marginwatch.engine.config import EngineConfig
     from rich.console import Console
 
-    from ._bench_data import RegionFactory, default_cache_dir, write_mosaic
-    from ._bench_engine import (
-        ForwardVariant,
-        measure_assess,
-        measure_forward,
-        measure_gradcam,
-        measure_h2d,
-    )
     from ._bench_stats import machine_facts
 
     console = console or Console()
+    _check_options(options)
+    _apply_threads(options)
+    plan = _plan(options)
+    started = time.perf_counter()
+    report: dict[str, Any] = {"machine": machine_facts(), "options": _jsonable(asdict(options))}
+    workdir = Path(tempfile.mkdtemp(prefix="marginwatch-bench-"))
+    try:
+        bench = _prepare(options, plan, workdir, report, console)
+        _run_sections(bench, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    report["seconds"] = time.perf_counter() - started
+    report["targets"] = targets(report, options.device, quick=options.quick, gb=GB)
+    print_report(report, console)
+    if options.json_out is not None:
+        _write_json(options.json_out, report)
+    return report
+
+
+def _check_options(options: BenchOptions) -> None:
+    """Refuse what cannot run before anything is built (a ConfigError the CLI turns into rc 2)."""
+    import torch
+
     unknown = [s for s in options.sections if s not in SECTIONS]
     if unknown:
         raise ConfigError(f"--sections: unknown {', '.join(unknown)}; expected some of "
@@ -195,125 +231,160 @@ def run_bench(options: BenchOptions, *, console: Any = None) -> dict[str, Any]:
         raise ConfigError("--device cuda: no CUDA GPU is available to torch on this machine")
     if not cuda and (options.cuda_graphs or options.precision == "fp16"):
         raise ConfigError("--cuda-graphs and --precision fp16 need --device cuda")
-    precision = options.precision or ("fp16" if cuda else "fp32")
-    channels_last = options.channels_last if options.channels_last is not None else cuda
+
+
+def _apply_threads(options: BenchOptions) -> None:
+    """``--threads``: here and, through the environment, in the subprocesses."""
+    import torch
+
     if options.threads is not None:
         # a shared machine: fewer threads than cores can be much faster (no spinning
         # OpenMP barriers against other people's processes); children inherit it
         torch.set_num_threads(options.threads)
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
-    plan = _plan(options)
-    device = torch.device(options.device)
-    started = time.perf_counter()
-    report: dict[str, Any] = {"machine": machine_facts(), "options": _jsonable(asdict(options))}
-    workdir = Path(tempfile.mkdtemp(prefix="marginwatch-bench-"))
-    try:
-        model, model_dir, model_note = _resolve_model(options, workdir)
-        card = model.card
-        console.print(f"[bold]marginwatch bench[/] on {options.device}: {model_note}")
-        console.print(f"load average at start: {report['machine']['loadavg_start']} "
-                      f"({report['machine']['cpu_cores']} cores)")
-        engine = EngineConfig(backend="torch-cuda" if cuda else "torch-cpu", precision=precision)
-        backend = select_backend(model, engine)
-        report["model"] = {"note": model_note, "architecture": card.architecture,
-                           "input_size_px": card.input_size_px, "um_per_px": card.um_per_px,
-                           "digest": model.digest, "backend": backend.describe(),
-                           "random_weights": "random" in model_note}
-        report["plan"] = asdict(plan)
-        from ._acquisition import CENTRES
 
-        synth_um = CENTRES["development"].um_per_px
-        region_px = max(128, round(card.input_size_px * card.um_per_px / synth_um))
-        regions = workdir / "regions"
-        regions.mkdir(parents=True)
 
-        def holds_tissue(path: Path) -> bool:
-            """Tissue, and it passes the quality gate: the bench times assessments."""
-            from marginwatch.engine.assessment import check_quality, prepare
-            from marginwatch.engine.errors import InputError
+def _prepare(options: BenchOptions, plan: _Plan, workdir: Path, report: dict[str, Any],
+             console: Any) -> _Bench:
+    """Model, backend and synthetic regions; their facts go into ``report`` as they are known."""
+    import torch
+    from marginwatch.engine import select_backend
+    from marginwatch.engine.config import EngineConfig
 
-            try:
-                with prepare(path, model, engine) as prepared:
-                    for _ in prepared.iter_tiles(64):
-                        pass
-                    return check_quality(prepared, model, engine).passed
-            except InputError:
-                return False
+    cuda = options.device == "cuda"
+    precision = options.precision or ("fp16" if cuda else "fp32")
+    channels_last = options.channels_last if options.channels_last is not None else cuda
+    model, model_dir, model_note = _resolve_model(options, workdir)
+    card = model.card
+    console.print(f"[bold]marginwatch bench[/] on {options.device}: {model_note}")
+    console.print(f"load average at start: {report['machine']['loadavg_start']} "
+                  f"({report['machine']['cpu_cores']} cores)")
+    engine = EngineConfig(backend="torch-cuda" if cuda else "torch-cpu", precision=precision)
+    backend = select_backend(model, engine)
+    report["model"] = {"note": model_note, "architecture": card.architecture,
+                       "input_size_px": card.input_size_px, "um_per_px": card.um_per_px,
+                       "digest": model.digest, "backend": backend.describe(),
+                       "random_weights": "random" in model_note}
+    report["plan"] = asdict(plan)
+    factory, paths = _write_regions(workdir, model, engine, plan, report)
+    return _Bench(options, plan, torch.device(options.device), precision, channels_last,
+                  workdir, model, model_dir, engine, backend, factory, paths)
 
-        factory = RegionFactory(region_px, fields=4, accept=holds_tissue, scratch=regions)
-        paths = [str(factory.write(regions / f"r{i:03d}.tif"))
-                 for i in range(plan.warmup + plan.assess_images)]
-        report["inputs"] = {"region_px": region_px, "synth_um_per_px": synth_um}
 
-        def forward() -> dict[str, Any]:
-            variants = [ForwardVariant(precision == "fp16", channels_last, options.compile,
-                                       options.cuda_graphs)]
-            if options.sweep:
-                variants = _sweep(cuda)
-            runs = [measure_forward(model.torch_module(), card.input_size_px, device, v,
-                                    plan.forward_batches, repeats=plan.forward_repeats,
-                                    warmup=plan.warmup) for v in variants]
-            out: dict[str, Any] = {"variants": runs, "chosen": variants[0].name}
-            if cuda:
-                out["h2d"] = measure_h2d(card.input_size_px, 8, device, repeats=10)
-            return out
+def _write_regions(workdir: Path, model: Any, engine: Any, plan: _Plan,
+                   report: dict[str, Any]) -> tuple[Any, list[str]]:
+    """Regions that cover one model input at the synthetic centre's scale, each with tissue."""
+    from ._acquisition import CENTRES
+    from ._bench_data import RegionFactory
 
-        _section("forward", options, report, forward)
-        _section("assess", options, report, lambda: measure_assess(
-            paths, model, engine, backend, warmup=plan.warmup))
+    card = model.card
+    synth_um = CENTRES["development"].um_per_px
+    region_px = max(128, round(card.input_size_px * card.um_per_px / synth_um))
+    regions = workdir / "regions"
+    regions.mkdir(parents=True)
 
-        def gradcam() -> dict[str, Any]:
-            from marginwatch.engine.assessment import prepare
+    def holds_tissue(path: Path) -> bool:
+        """Tissue, and it passes the quality gate: the bench times assessments."""
+        from marginwatch.engine.assessment import check_quality, prepare
+        from marginwatch.engine.errors import InputError
 
-            tiles = [prepare(p, model, engine).tiles for p in paths[: plan.gradcam_tiles + 1]]
-            batch = torch.cat(tiles)[: plan.gradcam_tiles + 1]
-            return measure_gradcam(model, backend, batch, device, warmup=1)
+        try:
+            with prepare(path, model, engine) as prepared:
+                for _ in prepared.iter_tiles(64):
+                    pass
+                return check_quality(prepared, model, engine).passed
+        except InputError:
+            return False
 
-        _section("gradcam", options, report, gradcam)
+    factory = RegionFactory(region_px, fields=4, accept=holds_tissue, scratch=regions)
+    paths = [str(factory.write(regions / f"r{i:03d}.tif"))
+             for i in range(plan.warmup + plan.assess_images)]
+    report["inputs"] = {"region_px": region_px, "synth_um_per_px": synth_um}
+    return factory, paths
 
-        def daemon() -> dict[str, Any]:
-            from ._bench_daemon import run_daemon_case
 
-            return run_daemon_case(
-                workdir / "daemon", model_dir, factory, warmup=plan.daemon_warmup,
-                series=plan.daemon_series, burst=plan.daemon_burst, gap_seconds=0.05,
-                device=options.device, precision=precision,
-                settle_seconds=options.settle_seconds,
-                poll_interval_seconds=options.poll_interval_seconds, max_batch_wait_ms=None,
-                workers=None, poll_db_seconds=0.005, timeout_seconds=plan.timeout_seconds)
+def _run_sections(bench: _Bench, report: dict[str, Any]) -> None:
+    """Each section in turn (this order, not SECTIONS'), each recorded by :func:`_section`."""
+    for name, measure in (("forward", _forward), ("assess", _assess), ("gradcam", _gradcam),
+                          ("daemon", _daemon), ("mosaic", _mosaic)):
+        _section(name, bench.options, report, functools.partial(measure, bench))
 
-        _section("daemon", options, report, daemon)
 
-        def mosaic() -> dict[str, Any]:
-            from ._bench_mosaic import run_mosaic_child
+def _forward(bench: _Bench) -> dict[str, Any]:
+    """The forward alone, for the options' variant or, with ``--sweep``, several."""
+    from ._bench_engine import ForwardVariant, measure_forward, measure_h2d
 
-            cache = options.cache_dir or default_cache_dir()
-            t0 = time.perf_counter()
-            small = plan.mosaic_px <= 2048  # fewer, smaller synthetic fields suffice
-            image, cached = write_mosaic(cache, plan.mosaic_px, fields=2 if small else 6,
-                                         field_px=512 if small else 1024)
-            made = time.perf_counter() - t0
-            cap = min(options.mosaic_rss_cap_mib, _available_mib() - 1024)
-            out = run_mosaic_child(model_dir, image, workdir / "mosaic.json",
-                                   backend=engine.backend, precision=precision,
-                                   batch_size=engine.batch_size, rss_cap_mib=cap,
-                                   timeout_seconds=options.mosaic_timeout_seconds
-                                   or plan.timeout_seconds)
-            out.update({"image": str(image), "size_px": plan.mosaic_px, "cached": cached,
-                        "generate_seconds": made, "rss_cap_mib": cap,
-                        "file_mib": image.stat().st_size / 2**20})
-            return out
+    options, plan, size = bench.options, bench.plan, bench.model.card.input_size_px
+    variants = [ForwardVariant(bench.precision == "fp16", bench.channels_last, options.compile,
+                               options.cuda_graphs)]
+    if options.sweep:
+        variants = _sweep(bench.cuda)
+    runs = [measure_forward(bench.model.torch_module(), size, bench.device, v,
+                            plan.forward_batches, repeats=plan.forward_repeats,
+                            warmup=plan.warmup) for v in variants]
+    out: dict[str, Any] = {"variants": runs, "chosen": variants[0].name}
+    if bench.cuda:
+        out["h2d"] = measure_h2d(size, 8, bench.device, repeats=10)
+    return out
 
-        _section("mosaic", options, report, mosaic)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report["machine"]["loadavg_end"] = list(os.getloadavg())
-    report["seconds"] = time.perf_counter() - started
-    report["targets"] = targets(report, options.device, quick=options.quick, gb=GB)
-    print_report(report, console)
-    if options.json_out is not None:
-        _write_json(options.json_out, report)
-    return report
+
+def _assess(bench: _Bench) -> dict[str, Any]:
+    """``assess`` per image, by stage."""
+    from ._bench_engine import measure_assess
+
+    return measure_assess(bench.paths, bench.model, bench.engine, bench.backend,
+                          warmup=bench.plan.warmup)
+
+
+def _gradcam(bench: _Bench) -> dict[str, Any]:
+    """Exact CAM against pytorch-grad-cam on tiles of the regions."""
+    import torch
+    from marginwatch.engine.assessment import prepare
+
+    from ._bench_engine import measure_gradcam
+
+    count = bench.plan.gradcam_tiles + 1
+    tiles = [prepare(p, bench.model, bench.engine).tiles for p in bench.paths[:count]]
+    batch = torch.cat(tiles)[:count]
+    return measure_gradcam(bench.model, bench.backend, batch, bench.device, warmup=1)
+
+
+def _daemon(bench: _Bench) -> dict[str, Any]:
+    """A real ``marginwatch run`` subprocess fed by the factory's regions."""
+    from ._bench_daemon import run_daemon_case
+
+    options, plan = bench.options, bench.plan
+    return run_daemon_case(
+        bench.workdir / "daemon", bench.model_dir, bench.factory, warmup=plan.daemon_warmup,
+        series=plan.daemon_series, burst=plan.daemon_burst, gap_seconds=0.05,
+        device=options.device, precision=bench.precision,
+        settle_seconds=options.settle_seconds,
+        poll_interval_seconds=options.poll_interval_seconds, max_batch_wait_ms=None,
+        workers=None, poll_db_seconds=0.005, timeout_seconds=plan.timeout_seconds)
+
+
+def _mosaic(bench: _Bench) -> dict[str, Any]:
+    """One large tiled TIFF (cached between runs) through ``assess`` in a child process."""
+    from ._bench_data import default_cache_dir, write_mosaic
+    from ._bench_mosaic import run_mosaic_child
+
+    options, plan, engine = bench.options, bench.plan, bench.engine
+    cache = options.cache_dir or default_cache_dir()
+    t0 = time.perf_counter()
+    small = plan.mosaic_px <= 2048  # fewer, smaller synthetic fields suffice
+    image, cached = write_mosaic(cache, plan.mosaic_px, fields=2 if small else 6,
+                                 field_px=512 if small else 1024)
+    made = time.perf_counter() - t0
+    cap = min(options.mosaic_rss_cap_mib, _available_mib() - 1024)
+    out = run_mosaic_child(bench.model_dir, image, bench.workdir / "mosaic.json",
+                           backend=engine.backend, precision=bench.precision,
+                           batch_size=engine.batch_size, rss_cap_mib=cap,
+                           timeout_seconds=options.mosaic_timeout_seconds
+                           or plan.timeout_seconds)
+    out.update({"image": str(image), "size_px": plan.mosaic_px, "cached": cached,
+                "generate_seconds": made, "rss_cap_mib": cap,
+                "file_mib": image.stat().st_size / 2**20})
+    return out
 
 
 def _sweep(cuda: bool) -> list[Any]:

@@ -42,11 +42,11 @@ from marginwatch.engine.errors import ConfigError, ModelError
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeRemainingColumn
 
-from . import metrics
-from ._dataset import TileCache, aggregate_images, build_cache
+from ._calibration import Calibration, calibrate
+from ._dataset import TileCache, build_cache
 from ._input_reference import input_reference
 from ._manifest import Manifest
-from ._objective import TEMPERATURE_RANGE, fit_temperature
+from ._objective import TEMPERATURE_RANGE
 from ._options import TrainOptions, preflight
 from ._pretrained import load_pretrained
 from ._progress import progress_bar
@@ -333,90 +333,22 @@ def _finalise(
 ) -> TrainResult:
     """Best weights -> temperature, threshold, card; write the artefact and training.json."""
     model = trainer.model
-    if trainer.best_state is not None:
-        trainer.network.load_state_dict(trainer.best_state)
-    trainer.network.to("cpu")
-    trainer.device = torch.device("cpu")
-    trainer.mean, trainer.std = trainer.mean.cpu(), trainer.std.cpu()
-    val = trainer.val_set
-    logits = trainer.tile_logits(val)
-    _, driving = aggregate_images(val, logits, 1.0, trainer.engine.aggregation)
-    temperature = fit_temperature(driving, torch.as_tensor(val.labels))
-    low, high = TEMPERATURE_RANGE
-    at_bound = not low * 1.01 < temperature < high / 1.01
-    if at_bound:
-        console.print(
-            f"[yellow]temperature {temperature:.4g} is at a bound of its search range "
-            f"{list(TEMPERATURE_RANGE)}: the probabilities are not calibrated"
-        )
-    val_p, _ = aggregate_images(val, logits, temperature, trainer.engine.aggregation)
-    threshold = metrics.threshold_for_sensitivity(val.labels, val_p, options.target_sensitivity)
-    threshold = float(np.clip(threshold if not math.isnan(threshold) else 0.5, 1e-4, 1 - 1e-4))
-    decisions = val_p >= threshold
-    val_metrics = {
-        "val_auc": metrics.roc_auc(val.labels, val_p),
-        "val_brier": metrics.brier_score(val.labels, val_p),
-        "val_ece": metrics.expected_calibration_error(val.labels, val_p),
-        "val_sensitivity": metrics.sensitivity(val.labels, decisions),
-        "val_specificity": metrics.specificity(val.labels, decisions),
-    }
-    description = options.description or (
-        f"{options.architecture} trained by marginwatch train on {manifest.describe()}"
-    )
-    from ._quality_thresholds import thresholds_from_images  # engine.quality's thresholds
-
-    quality = thresholds_from_images(
-        [manifest.rows[i].path for i in split.train], model, trainer.engine
-    )
-    model.update_card(
-        temperature=temperature,
-        threshold=threshold,
-        quality=quality,
-        training_data_sha256=manifest.sha256,
-        metrics={k: None if math.isnan(v) else round(float(v), 4) for k, v in val_metrics.items()}
-        | {"target_sensitivity": options.target_sensitivity},
-        input_reference=input_reference(model, val),  # input-drift monitoring (monitor)
-        synthetic_demo=options.synthetic_demo,
-        description=description,
-        created_utc=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-    )
+    _best_weights_to_cpu(trainer)
+    calibration = calibrate(trainer, options.target_sensitivity, console)
+    _update_card(trainer, options, manifest, split, calibration)
     model.torch_module()
     model.save(out)
     seconds = time.perf_counter() - started
-    record = {
-        "options": options.as_dict(),
-        "manifest": manifest.source.name,  # no machine paths in the artefact
-        "manifest_sha256": manifest.sha256,
-        "split_patients": split.as_dict(manifest),
-        "split_images": {n: len(split.indices(n)) for n in ("train", "val", "test")},
-        "train_images_used": len(trainer.train_set),
-        "skipped_without_tissue": trainer.skipped,
-        "tiles": {"train": len(trainer.train_set.tiles), "val": len(val.tiles)},
-        "roi_policy": "one random engine tile per drawn image; validation aggregates all tiles "
-        f"({trainer.engine.aggregation})",
-        "history": trainer.history,
-        "best_epoch": trainer.best_epoch,
-        "stopped": stopped,
-        "temperature": temperature,
-        "temperature_search_range": list(TEMPERATURE_RANGE),
-        "temperature_at_bound": at_bound,
-        "threshold": threshold,
-        "validation": {k: (None if math.isnan(v) else v) for k, v in val_metrics.items()},
-        "seconds": {
-            "total": round(seconds, 1),
-            "reading": round(read_seconds, 1),
-            "epochs": round(sum(h["seconds"] for h in trainer.history), 1),
-        },
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(trainer.options.device),
-        "model_digest": model.digest,
-    }
+    record = _training_record(
+        options, manifest, split, trainer, stopped, calibration, seconds, read_seconds
+    )
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     if trainer.history:
         from ._report import plot_learning_curves
 
         plot_learning_curves(trainer.history, out / "learning-curves.png")
+    temperature, threshold = calibration.temperature, calibration.threshold
+    val_metrics = calibration.metrics
     console.print(
         f"model: {out} (digest {model.digest[:12]}), temperature {temperature:.3f}, "
         f"threshold {threshold:.4f}, val sensitivity {val_metrics['val_sensitivity']:.3f}, "
@@ -432,3 +364,88 @@ def _finalise(
         seconds,
         stopped,
     )
+
+
+def _best_weights_to_cpu(trainer: Trainer) -> None:
+    """The best epoch's weights, on the CPU: the artefact is saved and calibrated from there."""
+    if trainer.best_state is not None:
+        trainer.network.load_state_dict(trainer.best_state)
+    trainer.network.to("cpu")
+    trainer.device = torch.device("cpu")
+    trainer.mean, trainer.std = trainer.mean.cpu(), trainer.std.cpu()
+
+
+def _update_card(
+    trainer: Trainer,
+    options: TrainOptions,
+    manifest: Manifest,
+    split: Split,
+    calibration: Calibration,
+) -> None:
+    """Calibration, quality thresholds from the train images, and provenance on the card."""
+    model, val = trainer.model, trainer.val_set
+    description = options.description or (
+        f"{options.architecture} trained by marginwatch train on {manifest.describe()}"
+    )
+    from ._quality_thresholds import thresholds_from_images  # engine.quality's thresholds
+
+    quality = thresholds_from_images(
+        [manifest.rows[i].path for i in split.train], model, trainer.engine
+    )
+    rounded = {
+        k: None if math.isnan(v) else round(float(v), 4) for k, v in calibration.metrics.items()
+    }
+    model.update_card(
+        temperature=calibration.temperature,
+        threshold=calibration.threshold,
+        quality=quality,
+        training_data_sha256=manifest.sha256,
+        metrics=rounded | {"target_sensitivity": options.target_sensitivity},
+        input_reference=input_reference(model, val),  # input-drift monitoring (monitor)
+        synthetic_demo=options.synthetic_demo,
+        description=description,
+        created_utc=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    )
+
+
+def _training_record(
+    options: TrainOptions,
+    manifest: Manifest,
+    split: Split,
+    trainer: Trainer,
+    stopped: str,
+    calibration: Calibration,
+    seconds: float,
+    read_seconds: float,
+) -> dict[str, Any]:
+    """training.json: options, split, history, calibration and timings of this run."""
+    val, val_metrics = trainer.val_set, calibration.metrics
+    return {
+        "options": options.as_dict(),
+        "manifest": manifest.source.name,  # no machine paths in the artefact
+        "manifest_sha256": manifest.sha256,
+        "split_patients": split.as_dict(manifest),
+        "split_images": {n: len(split.indices(n)) for n in ("train", "val", "test")},
+        "train_images_used": len(trainer.train_set),
+        "skipped_without_tissue": trainer.skipped,
+        "tiles": {"train": len(trainer.train_set.tiles), "val": len(val.tiles)},
+        "roi_policy": "one random engine tile per drawn image; validation aggregates all tiles "
+        f"({trainer.engine.aggregation})",
+        "history": trainer.history,
+        "best_epoch": trainer.best_epoch,
+        "stopped": stopped,
+        "temperature": calibration.temperature,
+        "temperature_search_range": list(TEMPERATURE_RANGE),
+        "temperature_at_bound": calibration.at_bound,
+        "threshold": calibration.threshold,
+        "validation": {k: (None if math.isnan(v) else v) for k, v in val_metrics.items()},
+        "seconds": {
+            "total": round(seconds, 1),
+            "reading": round(read_seconds, 1),
+            "epochs": round(sum(h["seconds"] for h in trainer.history), 1),
+        },
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(trainer.options.device),
+        "model_digest": trainer.model.digest,
+    }
