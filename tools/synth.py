@@ -357,46 +357,17 @@ def write_dataset(
         n_tumour,
         patients,
     )
-    width = max(2, len(str(patients)))
-    jobs, counters = [], {}
-    for index, (p, label) in enumerate(plan):
-        case = f"{c.patient_prefix}-{p + 1:0{width}d}"
-        counters[case] = counters.get(case, 0) + 1
-        rel = scan_name(case, counters[case])  # case folder, scan number, location
-        jobs.append(
-            (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p,
-             fractions)
-        )
-
+    jobs = _plan_jobs(out, plan, c.patient_prefix, patients,
+                      (centre, profile, size_px, mosaic, seed, centre_key), fractions)
     workers = min(len(jobs), workers or min(4, os.cpu_count() or 1))
     started = time.perf_counter()
-    results: list[tuple[str, str]] = []
-    if workers <= 1:
-        for i, job in enumerate(jobs):
-            results.append(_job(job))
-            if progress:
-                progress(i + 1, len(jobs))
-    else:
-        # spawn, not fork: the parent may hold threads or torch state that fork copies badly
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for i, result in enumerate(pool.map(_job, jobs, chunksize=1)):
-                results.append(result)
-                if progress:
-                    progress(i + 1, len(jobs))
+    results = _run_jobs(jobs, workers, progress)
     rows = [
         ManifestRow(rel, job[2], rel.split("/")[0], centre, kind, profile, c.um_per_px)
         for job, (kind, rel) in zip(jobs, results, strict=True)
     ]
     write_sidecars(out, [rel for _, rel in results])  # locations, for the daemon
-    tmp = manifest.with_name(".manifest.csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        for r in rows:
-            writer.writerow(
-                [r.path, r.label, r.patient_id, r.centre, r.kind, r.profile, f"{r.um_per_px:g}"]
-            )
-    os.replace(tmp, manifest)
+    _write_manifest(manifest, rows)
     logger.info(
         "synth: %d images (%d tumour) from %d patients in %.1f s with %d workers",
         len(rows),
@@ -406,3 +377,59 @@ def write_dataset(
         workers,
     )
     return rows
+
+
+def _plan_jobs(
+    out: Path,
+    plan: list[tuple[int, str]],
+    patient_prefix: str,
+    patients: int,
+    image_args: tuple,
+    fractions: dict[str, float],
+) -> list[tuple]:
+    """One :func:`_job` argument tuple per image: its case folder, name and label."""
+    centre, profile, size_px, mosaic, seed, centre_key = image_args
+    width = max(2, len(str(patients)))
+    jobs, counters = [], {}
+    for index, (p, label) in enumerate(plan):
+        case = f"{patient_prefix}-{p + 1:0{width}d}"
+        counters[case] = counters.get(case, 0) + 1
+        rel = scan_name(case, counters[case])  # case folder, scan number, location
+        jobs.append(
+            (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p,
+             fractions)
+        )
+    return jobs
+
+
+def _run_jobs(
+    jobs: list[tuple], workers: int, progress: Callable[[int, int], None] | None
+) -> list[tuple[str, str]]:
+    """Draw and write every image, in order: here, or in ``workers`` spawned processes."""
+    results: list[tuple[str, str]] = []
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            results.append(_job(job))
+            if progress:
+                progress(i + 1, len(jobs))
+        return results
+    # spawn, not fork: the parent may hold threads or torch state that fork copies badly
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for i, result in enumerate(pool.map(_job, jobs, chunksize=1)):
+            results.append(result)
+            if progress:
+                progress(i + 1, len(jobs))
+    return results
+
+
+def _write_manifest(manifest: Path, rows: list[ManifestRow]) -> None:
+    """``manifest.csv``, written whole under a temporary name and renamed into place."""
+    tmp = manifest.with_name(".manifest.csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for r in rows:
+            writer.writerow(
+                [r.path, r.label, r.patient_id, r.centre, r.kind, r.profile, f"{r.um_per_px:g}"]
+            )
+    os.replace(tmp, manifest)
