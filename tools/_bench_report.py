@@ -101,13 +101,28 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 
 
 def print_report(report: dict[str, Any], console: Any) -> None:
+    """The benchmark's report as tables, section by section, then the targets."""
+    _print_machine(console, report)
+    _print_forward(console, report.get("forward", {}))
+    _print_assess(console, report.get("assess", {}))
+    _print_daemon(console, report.get("daemon", {}))
+    _print_gradcam(console, report.get("gradcam", {}))
+    _print_mosaic(console, report.get("mosaic", {}))
+    _print_targets(console, report)
+
+
+def _print_machine(console: Any, report: dict[str, Any]) -> None:
+    """The machine, the load and the model the figures come from."""
     m = report["machine"]
     console.print(f"{m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB, "
                   f"torch {m['torch']}, GPU {m['gpu'] or 'none'}, {m['date_utc']}; "
                   f"load average {m['loadavg_start']} -> {m.get('loadavg_end')}")
     console.print(f"model: {report.get('model', {}).get('note', '?')}; "
                   f"backend {report.get('model', {}).get('backend', '?')}")
-    fwd = report.get("forward", {})
+
+
+def _print_forward(console: Any, fwd: dict[str, Any]) -> None:
+    """Section 1: the forward pass alone, per tile and batch size."""
     t = Table(title="1. forward alone, per tile (the floor)")
     for col in ("variant", "batch", "p50 ms/tile", "p95 ms/tile", "tiles/s"):
         t.add_column(col)
@@ -120,7 +135,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         t.add_row(f"host->GPU copy, {kind}", "8", _ms(s["median"]), _ms(s["p95"]), "")
     _print(console, t, fwd)
 
-    ass = report.get("assess", {})
+
+def _print_assess(console: Any, ass: dict[str, Any]) -> None:
+    """Section 2: assess per image, by stage."""
     t = Table(title=f"2. assess per image, by stage ({ass.get('images', 0)} images)")
     for col in ("stage", "p50 ms", "p95 ms"):
         t.add_column(col)
@@ -132,7 +149,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
             t.add_row(label, _ms(ass[key]["median"]), _ms(ass[key]["p95"]))
     _print(console, t, ass)
 
-    d = report.get("daemon", {})
+
+def _print_daemon(console: Any, d: dict[str, Any]) -> None:
+    """Section 3: the daemon from rename to committed alert and dashboard."""
     t = Table(title="3. daemon end to end (rename -> prediction+alert committed)")
     for col in ("measure", "n", "p50 ms", "p95 ms"):
         t.add_column(col)
@@ -150,7 +169,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         t.add_row("job states", str(d["states"]), "", "")
     _print(console, t, d)
 
-    g = report.get("gradcam", {})
+
+def _print_gradcam(console: Any, g: dict[str, Any]) -> None:
+    """Section 4: marginwatch's Grad-CAM against pytorch-grad-cam."""
     t = Table(title=f"4. Grad-CAM: marginwatch vs pytorch-grad-cam ({g.get('tiles', 0)} tiles)")
     for col in ("measure", "p50", "p95"):
         t.add_column(col)
@@ -167,7 +188,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
             t.add_row(label, fmt(s["median"]), fmt(s["p95"]))
     _print(console, t, g)
 
-    mo = report.get("mosaic", {})
+
+def _print_mosaic(console: Any, mo: dict[str, Any]) -> None:
+    """Section 5: a large mosaic through assess."""
     t = Table(title=f"5. mosaic {mo.get('size_px', '?')} px square through assess")
     for col in ("measure", "value"):
         t.add_column(col)
@@ -184,6 +207,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         t.add_row(f"partial: {key}", _num(value, ".1f"))
     _print(console, t, mo)
 
+
+def _print_targets(console: Any, report: dict[str, Any]) -> None:
+    """The targets, reported and never asserted, and the total time."""
     t = Table(title="targets (issue 9; reported, not asserted)")
     for col in ("target", "value", "goal", "", "note"):
         t.add_column(col)

@@ -208,6 +208,24 @@ def write_markdown(
 ) -> None:
     """``report.md`` from the metrics.json structure and the gallery files."""
     model = result["model"]
+    lines = _header_lines(result)
+    for set_name, data in result["sets"].items():
+        lines += _set_lines(set_name, data, model["threshold"])
+    lines += ["", "## Figures", "", "![ROC](roc.png)", "", "![Reliability](reliability.png)"]
+    if gallery:
+        lines += _gallery_lines(gallery)
+    lines += [
+        "",
+        "Files: `metrics.json`, `predictions.csv` (image, patient, centre, label, "
+        "probability, decision), `roc.png`, `reliability.png`, `gallery/`.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _header_lines(result: Mapping[str, Any]) -> list[str]:
+    """Title, the research-use and synthetic-model warnings, the model and the method."""
+    model = result["model"]
     lines = [
         "# marginwatch evaluation report",
         "",
@@ -221,7 +239,7 @@ def write_markdown(
             "end to end; they mean nothing clinically and cannot be compared with the paper's "
             "as evidence of anything.",
         ]
-    lines += [
+    return lines + [
         "",
         f"- Model: `{model['architecture']}`, digest `{model['digest'][:16]}…`, input "
         f"{model['input_size_px']} px at {model['um_per_px']} µm/px, profile `{model['profile']}`",
@@ -234,64 +252,63 @@ def write_markdown(
         "a resample in which a metric is undefined is dropped and counted.",
         "- Paper: Fang, Mayor et al., BJU Int 2026 (internal n=57, external n=46), as reported.",
     ]
-    for set_name, data in result["sets"].items():
-        cm = data["confusion_matrix"]
-        lines += [
-            "",
-            f"## {set_name.capitalize()} set",
-            "",
-            f"Manifest `{data['manifest']}`: {data['n_assessed']} images assessed "
-            f"({data['n_positive']} tumour, {data['n_assessed'] - data['n_positive']} benign) "
-            f"from {data['n_patients']} patients, centre(s) {', '.join(data['centres'])}.",
-        ]
-        if data["not_assessed"]:
-            lines.append(
-                f"**{len(data['not_assessed'])} image(s) could not be assessed** and are "
-                "excluded from the metrics (see predictions.csv)."
-            )
-        if data.get("n_gated"):
-            by = ", ".join(f"{k} {v}" for k, v in data["gated_by"].items())
-            lines.append(
-                f"Of these, {data['n_gated']} failed the quality gate ({by}); the metrics "
-                "are those of the assessable images."
-            )
-        lines += [
-            "",
-            "| Metric | marginwatch | 95 % CI | Paper |",
-            "|---|---|---|---|",
-            *_metric_rows(set_name, data["metrics"]),
-            "",
-            f"Confusion matrix at threshold {model['threshold']:.4f}:",
-            "",
-            "| | called tumour | called benign |",
-            "|---|---|---|",
-            f"| tumour at margin | TP {cm['tp']} | FN {cm['fn']} |",
-            f"| no tumour at margin | FP {cm['fp']} | TN {cm['tn']} |",
-        ]
-    lines += ["", "## Figures", "", "![ROC](roc.png)", "", "![Reliability](reliability.png)"]
-    if gallery:
-        lines += [
-            "",
-            "## Grad-CAM gallery",
-            "",
-            "The most confident example of each outcome per set (TP/FP: highest probability; "
-            "FN/TN: lowest). Heat = the engine's exact Grad-CAM for the tumour class, each "
-            "tile's map scaled by its calibrated probability.",
-            "",
-            "![Gallery](gallery/gallery.png)",
-            "",
-            "| Set | Outcome | Image | Probability | Overlay |",
-            "|---|---|---|---|---|",
-        ]
-        for item, rel in gallery:
-            lines.append(
-                f"| {item.set_name} | {item.outcome} | `{item.image}` | "
-                f"{item.probability:.3f} | [png]({rel}) |"
-            )
-    lines += [
+
+
+def _set_lines(set_name: str, data: Mapping[str, Any], threshold: float) -> list[str]:
+    """One set's section: what was assessed, what was not, metrics and confusion matrix."""
+    cm = data["confusion_matrix"]
+    lines = [
         "",
-        "Files: `metrics.json`, `predictions.csv` (image, patient, centre, label, "
-        "probability, decision), `roc.png`, `reliability.png`, `gallery/`.",
+        f"## {set_name.capitalize()} set",
         "",
+        f"Manifest `{data['manifest']}`: {data['n_assessed']} images assessed "
+        f"({data['n_positive']} tumour, {data['n_assessed'] - data['n_positive']} benign) "
+        f"from {data['n_patients']} patients, centre(s) {', '.join(data['centres'])}.",
     ]
-    path.write_text("\n".join(lines))
+    if data["not_assessed"]:
+        lines.append(
+            f"**{len(data['not_assessed'])} image(s) could not be assessed** and are "
+            "excluded from the metrics (see predictions.csv)."
+        )
+    if data.get("n_gated"):
+        by = ", ".join(f"{k} {v}" for k, v in data["gated_by"].items())
+        lines.append(
+            f"Of these, {data['n_gated']} failed the quality gate ({by}); the metrics "
+            "are those of the assessable images."
+        )
+    return lines + [
+        "",
+        "| Metric | marginwatch | 95 % CI | Paper |",
+        "|---|---|---|---|",
+        *_metric_rows(set_name, data["metrics"]),
+        "",
+        f"Confusion matrix at threshold {threshold:.4f}:",
+        "",
+        "| | called tumour | called benign |",
+        "|---|---|---|",
+        f"| tumour at margin | TP {cm['tp']} | FN {cm['fn']} |",
+        f"| no tumour at margin | FP {cm['fp']} | TN {cm['tn']} |",
+    ]
+
+
+def _gallery_lines(gallery: Sequence[tuple[GalleryItem, str]]) -> list[str]:
+    """The Grad-CAM gallery: the contact sheet and one row per example."""
+    lines = [
+        "",
+        "## Grad-CAM gallery",
+        "",
+        "The most confident example of each outcome per set (TP/FP: highest probability; "
+        "FN/TN: lowest). Heat = the engine's exact Grad-CAM for the tumour class, each "
+        "tile's map scaled by its calibrated probability.",
+        "",
+        "![Gallery](gallery/gallery.png)",
+        "",
+        "| Set | Outcome | Image | Probability | Overlay |",
+        "|---|---|---|---|---|",
+    ]
+    for item, rel in gallery:
+        lines.append(
+            f"| {item.set_name} | {item.outcome} | `{item.image}` | "
+            f"{item.probability:.3f} | [png]({rel}) |"
+        )
+    return lines
