@@ -171,7 +171,11 @@ def _fat(rng: np.random.Generator, c: _Canvas, region: np.ndarray) -> tuple[np.n
 def draw_tissue(
     rng: np.random.Generator, kind: str, shape: tuple[int, int], um_per_px: float, style: Style
 ) -> TissueFields:
-    """Draw one margin image of ``kind`` (one of KINDS) at ``um_per_px``; (H, W) fields."""
+    """Draw one margin image of ``kind`` (one of KINDS) at ``um_per_px``; (H, W) fields.
+
+    The steps draw from ``rng`` in a fixed order (edge, fat, muscle, tumour focus,
+    atrophy, then the benign, atrophic and tumour glands): the same seed, the same image.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     c = _Canvas(shape[0], shape[1], um_per_px)
@@ -179,53 +183,87 @@ def draw_tissue(
     edge = _edge_distance(rng, c, side)
     tissue = np.clip(edge + 0.5, 0, 1).astype(np.float32)
     inside = edge > c.px(3)
-    area_mm2 = inside.sum() * (um_per_px / 1000) ** 2
+    fat_region = _fat_region(rng, c, edge, inside)
+    muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
+    focus = _tumour_focus(rng, c, kind, edge, inside, fat_region)
+    atrophy = _atrophic_lobules(rng, c, kind, inside & ~fat_region & ~focus)
+    gland_area = ~fat_region & inside
+    _benign_glands(rng, c, gland_area & ~atrophy, focus, edge, style)
+    if atrophy.any():
+        _atrophic_glands(rng, c, atrophy, style)
+    if focus.any():
+        _tumour_glands(rng, c, kind, focus, edge, style)
+    return _compose(rng, c, kind, side, edge, tissue, fat_region, muscle, style)
 
-    # periprostatic fat: a lobule touching the edge in some images
-    fat_region = np.zeros(shape, bool)
+
+def _fat_region(rng: np.random.Generator, c: _Canvas, edge: np.ndarray, inside: np.ndarray
+                ) -> np.ndarray:
+    """Periprostatic fat: a lobule touching the edge in some images; (H, W) bool."""
+    fat_region = np.zeros(edge.shape, bool)
     if rng.random() < 0.4:
-        blob = smooth_noise(rng, shape, c.px(250)) + 1.6 * np.exp(
+        blob = smooth_noise(rng, edge.shape, c.px(250)) + 1.6 * np.exp(
             -edge / c.px(rng.uniform(150, 400))
         )
         fat_region = (blob > rng.uniform(1.4, 2.0)) & inside
-    muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
+    return fat_region
 
-    # tumour focus: where tumour glands go. The label must be decidable from the pixels
-    # (docs/synthetic-data.md): "at the margin" foci are centred on the ink (at most
-    # FOCUS_AT_EDGE_UM deep) and their first glands are placed touching it; a
-    # "tumour-inside" focus is cut back so that no tumour comes closer to the ink than
-    # INSIDE_MIN_EDGE_UM. Between the two lies a wide gap that no image falls into.
+
+def _tumour_focus(
+    rng: np.random.Generator, c: _Canvas, kind: str, edge: np.ndarray, inside: np.ndarray,
+    fat_region: np.ndarray,
+) -> np.ndarray:
+    """Where tumour glands go; (H, W) bool, empty for benign kinds.
+
+    The label must be decidable from the pixels (docs/synthetic-data.md): "at the margin"
+    foci are centred on the ink (at most FOCUS_AT_EDGE_UM deep) and their first glands
+    are placed touching it; a "tumour-inside" focus is cut back so that no tumour comes
+    closer to the ink than INSIDE_MIN_EDGE_UM. Between the two lies a wide gap that no
+    image falls into.
+    """
+    shape, um_per_px = edge.shape, c.um
     focus = np.zeros(shape, bool)
-    if kind.startswith("tumour"):
-        noise = smooth_noise(rng, shape, c.px(80))
-        if kind == "tumour-inside":
-            depth_um = min(rng.uniform(450, 700), 0.7 * min(shape) * um_per_px)
-            mask = (edge > c.px(depth_um)) & (edge < c.px(depth_um + 400))
-        else:
-            mask = inside & (edge < c.px(FOCUS_AT_EDGE_UM))
-        ys, xs = np.nonzero(mask & ~fat_region) if (mask & ~fat_region).any() else np.nonzero(mask)
-        i = rng.integers(ys.size)
-        radius_um = rng.uniform(60, 110) if kind == "tumour-focal" else rng.uniform(200, 450)
-        yy, xx = np.ogrid[: shape[0], : shape[1]]
-        r = np.hypot((yy - ys[i]) * um_per_px, (xx - xs[i]) * um_per_px)
-        focus = (r + 40 * noise < radius_um) & inside & ~fat_region
-        if kind == "tumour-inside":
-            focus &= edge > c.px(INSIDE_MIN_EDGE_UM)
+    if not kind.startswith("tumour"):
+        return focus
+    noise = smooth_noise(rng, shape, c.px(80))
+    if kind == "tumour-inside":
+        depth_um = min(rng.uniform(450, 700), 0.7 * min(shape) * um_per_px)
+        mask = (edge > c.px(depth_um)) & (edge < c.px(depth_um + 400))
+    else:
+        mask = inside & (edge < c.px(FOCUS_AT_EDGE_UM))
+    ys, xs = np.nonzero(mask & ~fat_region) if (mask & ~fat_region).any() else np.nonzero(mask)
+    i = rng.integers(ys.size)
+    radius_um = rng.uniform(60, 110) if kind == "tumour-focal" else rng.uniform(200, 450)
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    r = np.hypot((yy - ys[i]) * um_per_px, (xx - xs[i]) * um_per_px)
+    focus = (r + 40 * noise < radius_um) & inside & ~fat_region
+    if kind == "tumour-inside":
+        focus &= edge > c.px(INSIDE_MIN_EDGE_UM)
+    return focus
 
-    # atrophic lobules (mimic), also sometimes in other kinds
+
+def _atrophic_lobules(rng: np.random.Generator, c: _Canvas, kind: str, allowed: np.ndarray
+                      ) -> np.ndarray:
+    """Atrophic lobules (the benign mimic), also sometimes in other kinds; (H, W) bool."""
+    shape, um_per_px = allowed.shape, c.um
     atrophy = np.zeros(shape, bool)
     n_lobules = rng.integers(1, 4) if kind == "atrophy" else int(rng.random() < 0.15)
     for _ in range(n_lobules):
         cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
         yy, xx = np.ogrid[: shape[0], : shape[1]]
         r = np.hypot((yy - cy) * um_per_px, (xx - cx) * um_per_px)
-        atrophy |= (r < rng.uniform(150, 320)) & inside & ~fat_region & ~focus
+        atrophy |= (r < rng.uniform(150, 320)) & allowed
+    return atrophy
 
-    gland_area = ~fat_region & inside
-    # benign glands first, sparser inside the tumour focus and atrophic lobules
+
+def _benign_glands(
+    rng: np.random.Generator, c: _Canvas, area: np.ndarray, focus: np.ndarray,
+    edge: np.ndarray, style: Style,
+) -> None:
+    """Benign glands first, in ``area`` (tissue without fat or atrophy), sparser in the focus."""
+    area_mm2 = (edge > c.px(3)).sum() * (c.um / 1000) ** 2
     n_benign = int(area_mm2 * style.gland_density * rng.uniform(8, 16))
-    outside_focus = np.nonzero(gland_area & ~atrophy & ~focus)
-    anywhere = np.nonzero(gland_area & ~atrophy)
+    outside_focus = np.nonzero(area & ~focus)
+    anywhere = np.nonzero(area)
     for _ in range(n_benign):
         r0 = c.px(rng.uniform(30, 75) * style.gland_scale)
         coords = outside_focus if rng.random() < 0.8 else anywhere
@@ -234,38 +272,46 @@ def draw_tissue(
             continue
         c.circles.append((pos[0], pos[1], r0 * 1.9 + c.px(20)))
         _add_gland(rng, c, "benign", pos[0], pos[1], r0, style)
-    if atrophy.any():
-        coords = np.nonzero(atrophy)
-        for _ in range(int(atrophy.sum() * (um_per_px / 1000) ** 2 * rng.uniform(250, 450))):
-            r0 = c.px(rng.uniform(6, 20))
-            pos = _place(rng, c, coords, r0 + c.px(6), c.px(rng.uniform(5, 15)), tries=8)
-            if pos is not None:
-                c.circles.append((pos[0], pos[1], r0 + c.px(6)))
-                _add_gland(rng, c, "atrophy", pos[0], pos[1], r0, style)
-    if focus.any():
-        focal = kind == "tumour-focal"
-        n_tumour = (
-            int(rng.integers(3, 8)) if focal else int(focus.sum() * (um_per_px / 1000) ** 2 * 900)
-        )
-        placed = 0
-        coords = np.nonzero(focus)
-        at_ink = focus & (edge < c.px(AT_INK_UM))
-        # at the margin: the first glands go at the ink (two of them, so one lost to the
-        # spacing rule still leaves tumour touching it); never fewer than 3 placed
-        ink_coords = np.nonzero(at_ink) if kind != "tumour-inside" and at_ink.any() else coords
-        for attempt in range(n_tumour * 6):
-            if placed >= n_tumour or (attempt >= n_tumour * 3 and placed >= 3):
-                break
-            r0 = c.px(rng.uniform(3, 11)) if rng.random() < 0.85 else c.px(1.0)
-            where = ink_coords if placed < 2 else coords
-            pos = _place(rng, c, where, r0 + c.px(12), c.px(rng.uniform(1, 6)), tries=10)
-            if pos is None:
-                continue
-            c.circles.append((pos[0], pos[1], r0 + c.px(12)))
-            _add_gland(rng, c, "tumour", pos[0], pos[1], r0, style)
-            placed += 1
 
-    return _compose(rng, c, kind, side, edge, tissue, fat_region, muscle, style)
+
+def _atrophic_glands(rng: np.random.Generator, c: _Canvas, atrophy: np.ndarray, style: Style
+                     ) -> None:
+    """Small crowded glands filling the atrophic lobules."""
+    coords = np.nonzero(atrophy)
+    for _ in range(int(atrophy.sum() * (c.um / 1000) ** 2 * rng.uniform(250, 450))):
+        r0 = c.px(rng.uniform(6, 20))
+        pos = _place(rng, c, coords, r0 + c.px(6), c.px(rng.uniform(5, 15)), tries=8)
+        if pos is not None:
+            c.circles.append((pos[0], pos[1], r0 + c.px(6)))
+            _add_gland(rng, c, "atrophy", pos[0], pos[1], r0, style)
+
+
+def _tumour_glands(
+    rng: np.random.Generator, c: _Canvas, kind: str, focus: np.ndarray, edge: np.ndarray,
+    style: Style,
+) -> None:
+    """Tumour glands in the focus; at the margin the first two touch the ink."""
+    focal = kind == "tumour-focal"
+    n_tumour = (
+        int(rng.integers(3, 8)) if focal else int(focus.sum() * (c.um / 1000) ** 2 * 900)
+    )
+    placed = 0
+    coords = np.nonzero(focus)
+    at_ink = focus & (edge < c.px(AT_INK_UM))
+    # at the margin: the first glands go at the ink (two of them, so one lost to the
+    # spacing rule still leaves tumour touching it); never fewer than 3 placed
+    ink_coords = np.nonzero(at_ink) if kind != "tumour-inside" and at_ink.any() else coords
+    for attempt in range(n_tumour * 6):
+        if placed >= n_tumour or (attempt >= n_tumour * 3 and placed >= 3):
+            break
+        r0 = c.px(rng.uniform(3, 11)) if rng.random() < 0.85 else c.px(1.0)
+        where = ink_coords if placed < 2 else coords
+        pos = _place(rng, c, where, r0 + c.px(12), c.px(rng.uniform(1, 6)), tries=10)
+        if pos is None:
+            continue
+        c.circles.append((pos[0], pos[1], r0 + c.px(12)))
+        _add_gland(rng, c, "tumour", pos[0], pos[1], r0, style)
+        placed += 1
 
 
 def _compose(
