@@ -264,6 +264,25 @@ class AnchorKeeper:
             self._written = head
 
 
+def _link_problem(event: AuditEvent, expected_seq: int, prev: str) -> str | None:
+    """Why ``event`` does not continue the chain after ``prev`` at ``expected_seq``, or None."""
+    if event.seq != expected_seq:
+        return f"expected seq {expected_seq}, found seq {event.seq} (events missing or inserted)"
+    if event.prev_hash != prev:
+        return "prev_hash does not match the hash of the event before it"
+    if event.hash != event_hash(
+        event.seq,
+        event.ts,
+        event.actor,
+        event.action,
+        event.object_id,
+        event.payload_json,
+        event.prev_hash,
+    ):
+        return "content does not match its hash (edited or reordered)"
+    return None
+
+
 def verify_chain(session: Session, anchor: AuditAnchor | None = None) -> AuditReport:
     """Walk every event in ``seq`` order; stop at the first broken link."""
     expected_seq, prev = 1, GENESIS_HASH
@@ -271,21 +290,7 @@ def verify_chain(session: Session, anchor: AuditAnchor | None = None) -> AuditRe
     anchor_seen = anchor is None or anchor.seq == 0
     recorded: dict[str, tuple[int, str]] = {}  # "<table>/<id>" -> (seq, digest), latest wins
     for event in _walk(session):
-        bad = None
-        if event.seq != expected_seq:
-            bad = f"expected seq {expected_seq}, found seq {event.seq} (events missing or inserted)"
-        elif event.prev_hash != prev:
-            bad = "prev_hash does not match the hash of the event before it"
-        elif event.hash != event_hash(
-            event.seq,
-            event.ts,
-            event.actor,
-            event.action,
-            event.object_id,
-            event.payload_json,
-            event.prev_hash,
-        ):
-            bad = "content does not match its hash (edited or reordered)"
+        bad = _link_problem(event, expected_seq, prev)
         if bad is not None:
             return AuditReport(
                 ok=False,

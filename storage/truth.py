@@ -124,7 +124,7 @@ def import_truth(
     now: datetime,
 ) -> TruthImport:
     """Record ``entries`` (already validated and resolved); see the module docstring."""
-    added = corrected = updated = unchanged = 0
+    counts = {"added": 0, "corrected": 0, "updated": 0, "unchanged": 0}
     corrections: list[tuple[str, str, str, int]] = []
     events: list[tuple[str, str, dict[str, Any]]] = []
     for entry in entries:
@@ -132,53 +132,14 @@ def import_truth(
             raise ValueError(f"line {entry.line}: status {entry.status!r} not in {TRUTH_STATUSES}")
         for image_id in entry.image_ids:
             row = session.get(GroundTruth, image_id)
-            new = {
-                "reported_by": entry.reported_by,
-                "report_date": entry.report_date.isoformat() if entry.report_date else None,
-                "note": entry.note,
-            }
-            base = {"line": entry.line, "source_sha256": source_sha256}
-            if row is None:
-                session.add(
-                    GroundTruth(
-                        image_id=image_id,
-                        status=entry.status,
-                        reported_by=entry.reported_by,
-                        report_date=entry.report_date,
-                        note=entry.note,
-                        source_sha256=source_sha256,
-                        imported_by=actor,
-                        imported_at=now,
-                        revision=1,
-                    )
-                )
-                added += 1
-                events.append(("truth.recorded", image_id, {**base, "status": entry.status, **new}))
-                continue
-            old = _details(row)
-            if row.status == entry.status and old == new:
-                unchanged += 1
-                continue
-            if row.status != entry.status:
-                corrected += 1
+            if row is not None and row.status != entry.status:
                 corrections.append((image_id, row.status, entry.status, entry.line))
-                events.append(("truth.corrected", image_id, {
-                    **base, "old_status": row.status, "new_status": entry.status,
-                    "old": old, "new": new, "revision": row.revision + 1,
-                }))
-            else:
-                updated += 1
-                events.append(("truth.updated", image_id, {
-                    **base, "status": row.status, "old": old, "new": new,
-                    "revision": row.revision + 1,
-                }))
-            row.status = entry.status
-            row.reported_by, row.report_date, row.note = (
-                entry.reported_by, entry.report_date, entry.note,
-            )
-            row.source_sha256, row.imported_by, row.imported_at = source_sha256, actor, now
-            row.revision += 1
-    result = TruthImport(added, corrected, updated, unchanged, tuple(corrections))
+            outcome, event = _apply(session, row, entry, image_id, source_sha256, actor, now)
+            counts[outcome] += 1
+            if event is not None:
+                events.append(event)
+    result = TruthImport(counts["added"], counts["corrected"], counts["updated"],
+                         counts["unchanged"], tuple(corrections))
     if not result.changed:
         return result
     session.flush()
@@ -191,18 +152,68 @@ def import_truth(
         session,
         "truth.imported",
         source_sha256[:16],
-        {
-            "source": source_name,
-            "source_sha256": source_sha256,
-            "added": added,
-            "corrected": corrected,
-            "updated": updated,
-            "unchanged": unchanged,
-        },
+        {"source": source_name, "source_sha256": source_sha256, **counts},
         actor,
         now,
     )
     return result
+
+
+def _apply(
+    session: Session,
+    row: GroundTruth | None,
+    entry: TruthEntry,
+    image_id: str,
+    source_sha256: str,
+    actor: str,
+    now: datetime,
+) -> tuple[str, tuple[str, str, dict[str, Any]] | None]:
+    """One image's truth from ``entry``: (added | corrected | updated | unchanged, its event).
+
+    A new row starts at revision 1; a changed one keeps its old values in the event and
+    moves to the next revision.
+    """
+    new = {
+        "reported_by": entry.reported_by,
+        "report_date": entry.report_date.isoformat() if entry.report_date else None,
+        "note": entry.note,
+    }
+    base = {"line": entry.line, "source_sha256": source_sha256}
+    if row is None:
+        session.add(
+            GroundTruth(
+                image_id=image_id,
+                status=entry.status,
+                reported_by=entry.reported_by,
+                report_date=entry.report_date,
+                note=entry.note,
+                source_sha256=source_sha256,
+                imported_by=actor,
+                imported_at=now,
+                revision=1,
+            )
+        )
+        return "added", ("truth.recorded", image_id, {**base, "status": entry.status, **new})
+    old = _details(row)
+    if row.status == entry.status and old == new:
+        return "unchanged", None
+    if row.status != entry.status:
+        outcome, event = "corrected", ("truth.corrected", image_id, {
+            **base, "old_status": row.status, "new_status": entry.status,
+            "old": old, "new": new, "revision": row.revision + 1,
+        })
+    else:
+        outcome, event = "updated", ("truth.updated", image_id, {
+            **base, "status": row.status, "old": old, "new": new,
+            "revision": row.revision + 1,
+        })
+    row.status = entry.status
+    row.reported_by, row.report_date, row.note = (
+        entry.reported_by, entry.report_date, entry.note,
+    )
+    row.source_sha256, row.imported_by, row.imported_at = source_sha256, actor, now
+    row.revision += 1
+    return outcome, event
 
 
 def monitor_rows(
