@@ -183,12 +183,13 @@ def draw_tissue(
     edge = _edge_distance(rng, c, side)
     tissue = np.clip(edge + 0.5, 0, 1).astype(np.float32)
     inside = edge > c.px(3)
+    area_mm2 = inside.sum() * (um_per_px / 1000) ** 2
     fat_region = _fat_region(rng, c, edge, inside)
     muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
     focus = _tumour_focus(rng, c, kind, edge, inside, fat_region)
     atrophy = _atrophic_lobules(rng, c, kind, inside & ~fat_region & ~focus)
     gland_area = ~fat_region & inside
-    _benign_glands(rng, c, gland_area & ~atrophy, focus, edge, style)
+    _benign_glands(rng, c, gland_area & ~atrophy, focus, edge, area_mm2, style)
     if atrophy.any():
         _atrophic_glands(rng, c, atrophy, style)
     if focus.any():
@@ -257,11 +258,11 @@ def _atrophic_lobules(rng: np.random.Generator, c: _Canvas, kind: str, allowed: 
 
 def _benign_glands(
     rng: np.random.Generator, c: _Canvas, area: np.ndarray, focus: np.ndarray,
-    edge: np.ndarray, style: Style,
+    edge: np.ndarray, tissue_mm2: float, style: Style,
 ) -> None:
-    """Benign glands first, in ``area`` (tissue without fat or atrophy), sparser in the focus."""
-    area_mm2 = (edge > c.px(3)).sum() * (c.um / 1000) ** 2
-    n_benign = int(area_mm2 * style.gland_density * rng.uniform(8, 16))
+    """Benign glands first, in ``area`` (tissue without fat or atrophy), sparser in the focus;
+    their number scales with the specimen's area in the field, ``tissue_mm2``."""
+    n_benign = int(tissue_mm2 * style.gland_density * rng.uniform(8, 16))
     outside_focus = np.nonzero(area & ~focus)
     anywhere = np.nonzero(area)
     for _ in range(n_benign):

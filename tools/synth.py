@@ -268,11 +268,14 @@ def _allocate(
     return out
 
 
-def _validate(images: int, tumour_fraction: float, patients: int, size_px: int) -> int:
+def _validate(
+    images: int, tumour_fraction: float, patients: int, size_px: int, fractions: dict[str, float]
+) -> int:
     if images < 1:
         raise ConfigError(f"--images {images}: expected at least 1")
-    if not 0.0 <= tumour_fraction <= 1.0:
-        raise ConfigError(f"--tumour-fraction {tumour_fraction}: expected a value in 0..1")
+    for name, value in {"tumour_fraction": tumour_fraction, **fractions}.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected a value in 0..1")
     if patients < 1:
         raise ConfigError(f"--patients {patients}: expected at least 1")
     if patients > images:
@@ -336,12 +339,8 @@ def write_dataset(
     )
     if seed < 0:
         raise ConfigError(f"--seed {seed}: expected a non-negative integer")
-    n_tumour = _validate(images, tumour_fraction, patients, size_px)
-    for option, value in (("--focal-fraction", focal_fraction),
-                          ("--inside-fraction", inside_fraction)):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{option} {value}: expected a value in 0..1")
     fractions = {"focal_fraction": focal_fraction, "inside_fraction": inside_fraction}
+    n_tumour = _validate(images, tumour_fraction, patients, size_px, fractions)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
@@ -387,8 +386,8 @@ def _plan_jobs(
     image_args: tuple,
     fractions: dict[str, float],
 ) -> list[tuple]:
-    """One :func:`_job` argument tuple per image: its case folder, name and label."""
-    centre, profile, size_px, mosaic, seed, centre_key = image_args
+    """One :func:`_job` argument tuple per image: its case folder, name and label, with
+    ``image_args`` (centre, profile, size_px, mosaic, seed, centre_key) shared by all."""
     width = max(2, len(str(patients)))
     jobs, counters = [], {}
     for index, (p, label) in enumerate(plan):
@@ -396,8 +395,7 @@ def _plan_jobs(
         counters[case] = counters.get(case, 0) + 1
         rel = scan_name(case, counters[case])  # case folder, scan number, location
         jobs.append(
-            (str(out), rel, label, centre, profile, size_px, mosaic, seed, centre_key, index, p,
-             fractions)
+            (str(out), rel, label, *image_args, index, p, fractions)
         )
     return jobs
 
