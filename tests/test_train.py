@@ -321,3 +321,51 @@ def test_cli_refuses_unreadable_images_before_training(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "cannot be used" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "checkpoint").exists()
+
+
+def test_batchnorm_is_recalibrated_on_the_tiles_training_draws() -> None:
+    """With top-tile selection the running statistics come from each image's top tile
+    (what the weights were fitted on), not from all tiles, most of them plain stroma;
+    with random selection, from all tiles."""
+    from marginwatch.engine.config import EngineConfig
+    from marginwatch.tools._dataset import TileCache
+    from marginwatch.tools._trainer import Trainer
+
+    images, per_image, side = 6, 4, 32
+    tiles = torch.zeros(images * per_image, 3, side, side, dtype=torch.uint8)
+    top = np.arange(images) * per_image + 2  # one bright tile per image, the rest black
+    tiles[top] = 255
+    cache = TileCache(
+        tiles=tiles,
+        image_of=np.repeat(np.arange(images), per_image),
+        labels=np.array([0, 1] * (images // 2)),
+        offsets=np.arange(images + 1) * per_image,
+    )
+    model = build_model("vgg_small", input_size_px=side, um_per_px=4.0)
+    options = TrainOptions(architecture="vgg_small", input_size_px=side, batch_size=4,
+                           tile_selection="top")
+    trainer = Trainer(options, model, cache, cache, EngineConfig(), torch.device("cpu"))
+    first_norm = next(
+        m for m in trainer.network.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
+
+    def running_mean_after(top_tile: np.ndarray | None) -> torch.Tensor:
+        trainer.top_tile = top_tile
+        trainer.recalibrate_batchnorm(batches=8)
+        return first_norm.running_mean.clone()
+
+    on_top = running_mean_after(top)
+    on_all = running_mean_after(None)
+    reference = build_model("vgg_small", input_size_px=side, um_per_px=4.0)
+    reference.torch_module().load_state_dict(model.torch_module().state_dict())
+    bright_only = Trainer(
+        options, reference, TileCache(tiles[top], np.arange(images), cache.labels,
+                                      np.arange(images + 1)),
+        cache, EngineConfig(), torch.device("cpu"),
+    )
+    bright_only.recalibrate_batchnorm(batches=8)
+    expected = next(
+        m for m in bright_only.network.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    ).running_mean
+    torch.testing.assert_close(on_top, expected)
+    assert not torch.allclose(on_all, expected)  # all tiles: mostly black, other statistics

@@ -146,6 +146,12 @@ class Trainer:
         validation the statistics are reset and averaged over ``batches`` batches of
         un-augmented training tiles (a seeded draw per epoch), so evaluation, temperature
         scaling and the saved model use statistics that match the weights.
+
+        The tiles are drawn from those training steps use: every tile with random
+        selection, each image's top tile with ``tile_selection="top"``. The network's
+        weights were fitted under batch statistics of top tiles (the most tumour-like of
+        each image); statistics over all tiles, most of them plain stroma, shift every
+        logit in eval mode and leave the image-level maximum offset for benign images.
         """
         norms = [
             m
@@ -155,8 +161,13 @@ class Trainer:
         if not norms:
             return
         generator = torch.Generator().manual_seed(self.options.seed * 100_003 + self.epoch)
-        count = min(len(self.train_set.tiles), batches * self.options.batch_size)
-        chosen = torch.randperm(len(self.train_set.tiles), generator=generator)[:count]
+        pool = (
+            torch.arange(len(self.train_set.tiles))
+            if self.top_tile is None
+            else torch.as_tensor(self.top_tile, dtype=torch.long)
+        )
+        count = min(len(pool), batches * self.options.batch_size)
+        chosen = pool[torch.randperm(len(pool), generator=generator)[:count]]
         momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
