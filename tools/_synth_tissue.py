@@ -41,6 +41,7 @@ from ._synth_glands import Style, _add_gland, _Canvas, _place
 __all__ = ["Style", "TissueFields", "draw_tissue"]
 
 KINDS = ("benign", "atrophy", "tumour-margin", "tumour-focal", "tumour-inside")
+AT_MARGIN_KINDS = ("tumour-margin", "tumour-focal")  # labelled tumour: it reaches the ink
 FOCUS_AT_EDGE_UM = 40.0  # "at the margin": focus centre at most this deep from the edge
 AT_INK_UM = 15.0  # ... and its first glands centred within this of the edge (on the ink)
 INSIDE_MIN_EDGE_UM = 350.0  # "tumour-inside": no tumour gland centre nearer the edge
@@ -184,7 +185,7 @@ def draw_tissue(
     tissue = np.clip(edge + 0.5, 0, 1).astype(np.float32)
     inside = edge > c.px(3)
     area_mm2 = inside.sum() * (um_per_px / 1000) ** 2
-    fat_region = _fat_region(rng, c, edge, inside)
+    fat_region = _clear_margin_of_fat(c, kind, edge, inside, _fat_region(rng, c, edge, inside))
     muscle = np.clip(smooth_noise(rng, shape, c.px(200)) - 0.6, 0, 1) * 2.0
     focus = _tumour_focus(rng, c, kind, edge, inside, fat_region)
     atrophy = _atrophic_lobules(rng, c, kind, inside & ~fat_region & ~focus)
@@ -209,6 +210,18 @@ def _fat_region(rng: np.random.Generator, c: _Canvas, edge: np.ndarray, inside: 
     return fat_region
 
 
+def _clear_margin_of_fat(
+    c: _Canvas, kind: str, edge: np.ndarray, inside: np.ndarray, fat_region: np.ndarray
+) -> np.ndarray:
+    """The fat region, pulled back from the ink when it covers the whole margin band of
+    an at-margin kind: a lobule along the entire edge would leave no ink for the tumour
+    to reach, and the label would not be decidable from the pixels. Other images keep
+    their fat as drawn."""
+    if kind in AT_MARGIN_KINDS and not (_margin_band(c, edge, inside) & ~fat_region).any():
+        return fat_region & (edge > c.px(2 * FOCUS_AT_EDGE_UM))
+    return fat_region
+
+
 def _tumour_focus(
     rng: np.random.Generator, c: _Canvas, kind: str, edge: np.ndarray, inside: np.ndarray,
     fat_region: np.ndarray,
@@ -230,7 +243,7 @@ def _tumour_focus(
         depth_um = min(rng.uniform(450, 700), 0.7 * min(shape) * um_per_px)
         mask = (edge > c.px(depth_um)) & (edge < c.px(depth_um + 400))
     else:
-        mask = inside & (edge < c.px(FOCUS_AT_EDGE_UM))
+        mask = _margin_band(c, edge, inside)
     ys, xs = np.nonzero(mask & ~fat_region) if (mask & ~fat_region).any() else np.nonzero(mask)
     i = rng.integers(ys.size)
     radius_um = rng.uniform(60, 110) if kind == "tumour-focal" else rng.uniform(200, 450)
@@ -239,7 +252,14 @@ def _tumour_focus(
     focus = (r + 40 * noise < radius_um) & inside & ~fat_region
     if kind == "tumour-inside":
         focus &= edge > c.px(INSIDE_MIN_EDGE_UM)
+    else:  # the noisy outline must not pull an at-margin focus off the ink
+        focus |= (r < FOCUS_AT_EDGE_UM) & inside & ~fat_region
     return focus
+
+
+def _margin_band(c: _Canvas, edge: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Where an at-margin focus may be centred: tissue at most FOCUS_AT_EDGE_UM deep."""
+    return inside & (edge < c.px(FOCUS_AT_EDGE_UM))
 
 
 def _atrophic_lobules(rng: np.random.Generator, c: _Canvas, kind: str, allowed: np.ndarray
