@@ -20,14 +20,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The demo model's recipe (docs/training.md): synthetic training scans, then
-# `marginwatch train --preset demo` on the CPU (about 4-15 min of synthesis and 25-40 min of training on 2 cores). Evaluate on
-# fresh seeds with `marginwatch evaluate` as docs/training.md shows.
+# The demo model's recipe (docs/training.md): 1200 synthetic training scans with the
+# hard kinds enriched (tumour inside the margin, small foci at the ink), then
+# `marginwatch train --preset demo` on the CPU (about 6 min of synthesis and 13 min of
+# training on 2 cores). Evaluate on fresh seeds with `marginwatch evaluate` as
+# docs/training.md shows.
 MODEL_DATA ?= build/demo-data
 MODEL_OUT  ?= build/demo-model
 model: $(STAMP)
-	$(BIN)/marginwatch synth $(MODEL_DATA)/train --images 400 --tumour-fraction 0.35 \
-		--patients 40 --seed 101 --workers 2 --force
+	$(BIN)/marginwatch synth $(MODEL_DATA)/train --images 1200 --tumour-fraction 0.35 \
+		--patients 120 --inside-fraction 0.3 --focal-fraction 0.5 --seed 101 --workers 2 --force
 	OMP_NUM_THREADS=2 $(BIN)/marginwatch train $(MODEL_DATA)/train/manifest.csv \
 		--out $(MODEL_OUT) --preset demo $(TRAIN_ARGS)
 

@@ -102,7 +102,7 @@ def test_quality_thresholds_are_rederived_from_the_training_images(
 
 def test_presets_set_the_demo_recipe_and_explicit_options_win() -> None:
     demo = preset_options("demo", epochs=3, lr=None)
-    assert (demo.input_size_px, demo.um_per_px, demo.tile_selection) == (256, 4.0, "top")
+    assert (demo.input_size_px, demo.um_per_px, demo.tile_selection) == (64, 4.0, "top")
     assert demo.epochs == 3 and demo.lr == 1e-3 and demo.synthetic_demo is True
     assert preset_options("paper") == TrainOptions()
     with pytest.raises(ConfigError, match="--preset 'fast'"):
