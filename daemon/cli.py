@@ -233,6 +233,9 @@ def bench_command(
         show_default=False)] = None,
     mosaic_px: Annotated[int | None, typer.Option(
         "--mosaic-px", min=512, help="Mosaic side in pixels.", show_default=False)] = None,
+    region_px: Annotated[int | None, typer.Option(
+        "--region-px", min=128, max=8192, help="Side of the timed scans in pixels (default: "
+        "one model field; 1024 is the demo scanner's scan).", show_default=False)] = None,
     mosaic_timeout: Annotated[float | None, typer.Option(
         "--mosaic-timeout", min=1, help="Stop the mosaic after this many seconds; report "
         "its rate so far.", show_default=False)] = None,
@@ -250,7 +253,7 @@ def bench_command(
         device=device, quick=quick, json_out=json_out, model_dir=model, precision=precision,
         channels_last=channels_last, compile=compile_, cuda_graphs=cuda_graphs, sweep=sweep,
         sections=tuple(s.strip() for s in sections.split(",")) if sections else SECTIONS,
-        daemon_files=files, burst_files=burst, mosaic_px=mosaic_px,
+        daemon_files=files, burst_files=burst, mosaic_px=mosaic_px, region_px=region_px,
         mosaic_timeout_seconds=mosaic_timeout, settle_seconds=settle, threads=threads,
     )
     guarded(run_bench, options)

@@ -31,12 +31,13 @@ def test_bench_quick_writes_all_five_sections(tmp_path, tiny_model_dir):  # noqa
     env = {**os.environ, "MARGINWATCH_BENCH_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(
         [*_marginwatch(), "bench", "--quick", "--json", str(out), "--model", str(tiny_model_dir),
-         "--files", "2", "--burst", "2", "--mosaic-px", "1024"],
+         "--files", "2", "--burst", "2", "--mosaic-px", "1024", "--region-px", "192"],
         capture_output=True, text=True, env=env, timeout=540,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert "partial" not in report
+    assert report["inputs"]["region_px"] == 192  # whole scans of several model fields
     for name in SECTIONS:
         assert name in report, name
         assert "error" not in report[name], (name, report[name].get("error"))

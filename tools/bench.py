@@ -64,6 +64,7 @@ class BenchOptions:
     burst_files: int | None = None  # burst length (default: as many as the series)
     mosaic_timeout_seconds: float | None = None  # stop the mosaic child; report what it did
     mosaic_px: int | None = None
+    region_px: int | None = None  # side of the timed scans; None: one model field
     mosaic_rss_cap_mib: float = 8192.0
     settle_seconds: float | None = None  # None: the daemon's shipped defaults
     poll_interval_seconds: float | None = None
@@ -266,20 +267,23 @@ def _prepare(options: BenchOptions, plan: _Plan, workdir: Path, report: dict[str
                        "digest": model.digest, "backend": backend.describe(),
                        "random_weights": "random" in model_note}
     report["plan"] = asdict(plan)
-    factory, paths = _write_regions(workdir, model, engine, plan, report)
+    factory, paths = _write_regions(workdir, model, engine, plan, report, options.region_px)
     return _Bench(options, plan, torch.device(options.device), precision, channels_last,
                   workdir, model, model_dir, engine, backend, factory, paths)
 
 
 def _write_regions(workdir: Path, model: Any, engine: Any, plan: _Plan,
-                   report: dict[str, Any]) -> tuple[Any, list[str]]:
-    """Regions that cover one model input at the synthetic centre's scale, each with tissue."""
+                   report: dict[str, Any], region_px: int | None) -> tuple[Any, list[str]]:
+    """Regions at the synthetic centre's scale, each with tissue: one model input square, or
+    ``region_px`` square (a whole scan of several tiles, as a scanner writes for a model
+    whose field is smaller than the scan)."""
     from ._acquisition import CENTRES
     from ._bench_data import RegionFactory
 
     card = model.card
     synth_um = CENTRES["development"].um_per_px
-    region_px = max(128, round(card.input_size_px * card.um_per_px / synth_um))
+    if region_px is None:
+        region_px = max(128, round(card.input_size_px * card.um_per_px / synth_um))
     regions = workdir / "regions"
     regions.mkdir(parents=True)
 
