@@ -34,7 +34,7 @@ model: $(STAMP)
 		--out $(MODEL_OUT) --preset demo $(TRAIN_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/marginwatch bench --device cpu
+	$(BIN)/marginwatch bench --device cpu --region-px 1024
 
 # Coverage-guided fuzzing of the image readers (atheris from PyPI); bounded, not in CI.
 FUZZ_SECONDS ?= 300
