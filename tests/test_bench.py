@@ -1,7 +1,8 @@
 """`marginwatch bench --quick --json OUT` through the real CLI: the plumbing, not the timings.
 
 Speed and memory targets live in the benchmark's output (docs/architecture.md, Tests),
-never in assertions: this test only checks that every section runs and the JSON report is well formed.
+never in assertions: this test only checks that every section runs and the JSON report is
+well formed.
 """
 
 from __future__ import annotations

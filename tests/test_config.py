@@ -24,10 +24,15 @@ def test_defaults_have_units_in_names() -> None:
 
 def test_toml_and_environment_override_in_order(tmp_path: Path) -> None:
     file = tmp_path / "marginwatch.toml"
-    file.write_text('[daemon]\nsettle_seconds = 5\nobserver = "polling"\n[engine]\nbatch_size = 4\n')
+    file.write_text(
+        '[daemon]\nsettle_seconds = 5\nobserver = "polling"\n[engine]\nbatch_size = 4\n'
+    )
     config = load_config(
         file,
-        environ={"MARGINWATCH_DAEMON__SETTLE_SECONDS": "0.5", "MARGINWATCH_DAEMON__IGNORE_GLOBS": "*.x, *.y"},
+        environ={
+            "MARGINWATCH_DAEMON__SETTLE_SECONDS": "0.5",
+            "MARGINWATCH_DAEMON__IGNORE_GLOBS": "*.x, *.y",
+        },
         overrides={"engine": {"batch_size": 2, "backend": None}},
     )
     assert config.daemon.settle_seconds == 0.5
@@ -47,7 +52,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[daemon]\nsettle_seconds = -1\n", ["daemon.settle_seconds", "got -1", "greater than or equal to 0"]),
+        (
+            "[daemon]\nsettle_seconds = -1\n",
+            ["daemon.settle_seconds", "got -1", "greater than or equal to 0"],
+        ),
         ('[engine]\nbackend = "cuda"\n', ["engine.backend", "'cuda'", "torch-cpu"]),
         ("[daemon]\nsettle_second = 1\n", ["daemon.settle_second", "extra"]),
         ("[nope]\nx = 1\n", ["unknown section [nope]"]),
@@ -71,7 +79,9 @@ def test_bad_values_name_file_field_value_and_expectation(
 def test_bad_environment_variable_is_named() -> None:
     with pytest.raises(ConfigError, match="MARGINWATCH_DAEMON__NOPE"):
         load_config(environ={"MARGINWATCH_DAEMON__NOPE": "1"})
-    with pytest.raises(ConfigError, match=r"MARGINWATCH_DAEMON__SETTLE_SECONDS.*daemon.settle_seconds: got 'soon'"):
+    with pytest.raises(
+        ConfigError, match=r"MARGINWATCH_DAEMON__SETTLE_SECONDS.*daemon.settle_seconds: got 'soon'"
+    ):
         load_config(environ={"MARGINWATCH_DAEMON__SETTLE_SECONDS": "soon"})
 
 
@@ -127,7 +137,10 @@ def test_default_db_is_sqlite_in_state_dir(tmp_path: Path) -> None:
 
 
 def test_config_module_does_not_import_torch() -> None:
-    code = "import sys, marginwatch.engine.config, marginwatch.engine.errors; print('torch' in sys.modules)"
+    code = (
+        "import sys, marginwatch.engine.config, marginwatch.engine.errors; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
