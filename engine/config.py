@@ -162,6 +162,9 @@ class DashboardConfig(_Section):
     refresh_per_second: float = Field(2.0, gt=0, le=30)
     recent_rows: int = Field(10, ge=1, le=200)
     bell: bool = True
+    # The live console lowers its own CPU priority by this much (nice), so that where the
+    # daemon and the console share a few cores, inference comes first; 0 keeps it.
+    nice: int = Field(5, ge=0, le=19)
 
 
 class Config(_Section):

@@ -107,9 +107,10 @@ def test_environment_names_and_messages_are_todays() -> None:
         "MARGINWATCH_NOPE__X": "environment variable MARGINWATCH_NOPE__X: unknown section 'nope'; "
         "expected one of ['cases', 'daemon', 'dashboard', 'engine']",
         "MARGINWATCH_DASHBOARD__NOPE": "environment variable MARGINWATCH_DASHBOARD__NOPE: unknown "
-        "field dashboard.nope; expected one of ['bell', 'recent_rows', 'refresh_per_second']",
+        "field dashboard.nope; expected one of ['bell', 'nice', 'recent_rows', "
+        "'refresh_per_second']",
         "MARGINWATCH_DASHBOARD__BELL__X": "environment variable MARGINWATCH_DASHBOARD__BELL__X: "
-        "unknown field dashboard.bell__x; expected one of ['bell', 'recent_rows', "
+        "unknown field dashboard.bell__x; expected one of ['bell', 'nice', 'recent_rows', "
         "'refresh_per_second']",
         "MARGINWATCH_DASHBOARD__RECENT_ROWS": "defaults + environment "
         "(MARGINWATCH_DASHBOARD__RECENT_ROWS): dashboard.recent_rows: got 'many'; expected "

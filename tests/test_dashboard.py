@@ -7,15 +7,28 @@ Assertions are on content (words a person reads), not on pixels or exact layout.
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from marginwatch.daemon.dashboard import Bell, Snapshot, Source, render
+from marginwatch.daemon.dashboard import (
+    MIN_FRAME_INTERVAL_SECONDS,
+    MIN_FRAME_SECONDS,
+    Bell,
+    FramePacer,
+    Snapshot,
+    Source,
+    live_loop,
+    render,
+)
+from marginwatch.engine.config import load_config
 from marginwatch.storage import Store
 from marginwatch.storage.testing import sample_record
 from rich.console import Console
@@ -280,3 +293,76 @@ def test_half_blocks_draw_two_pixels_per_cell_in_runs() -> None:
     console.print(wide)
     console.file.close()
     assert console.export_text() == ("\u2580" * 6 + " " + "\u2580" * 6 + "\n") * 2
+
+
+def test_frame_pacer_draws_a_change_soon_but_at_most_ten_times_a_second() -> None:
+    now = [100.0]
+    pacer = FramePacer(clock=lambda: now[0])
+    # the first change after a quiet spell: only the short wait for the rest of its writes
+    assert pacer.delay_after_change() == pytest.approx(MIN_FRAME_SECONDS)
+    pacer.drawing()
+    now[0] += 0.03  # another commit while that frame was being drawn
+    assert pacer.delay_after_change() == pytest.approx(MIN_FRAME_INTERVAL_SECONDS - 0.03)
+    now[0] += MIN_FRAME_INTERVAL_SECONDS - 0.03
+    pacer.drawing()
+    now[0] += 5.0  # quiet again
+    assert pacer.delay_after_change() == pytest.approx(MIN_FRAME_SECONDS)
+    assert MIN_FRAME_SECONDS + MIN_FRAME_INTERVAL_SECONDS <= 0.2  # the on-screen bound
+
+
+def test_live_loop_shows_each_commit_without_redrawing_for_every_one(tmp_path: Path) -> None:
+    """The real loop on a real SQLite file: a commit reaches the screen, a burst of
+    commits is drawn at the pacer's rate, not once per commit, and the loop's thread runs
+    at the lowered priority (``dashboard.nice``), the test's own thread untouched."""
+    db = tmp_path / "mw.db"
+    with Store.open(db, upgrade=True) as store:
+        model_id = _daemon_started(store)
+    shown: list[tuple[float, str]] = []
+    priorities: set[int] = set()
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    class Recorder:  # stands in for rich.live.Live
+        def __init__(self, renderable: object, console: Console, **_: object) -> None:
+            self.console = console
+            self.update(renderable)
+
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def update(self, renderable: object, refresh: bool = True) -> None:
+            with self.console.capture() as capture:
+                self.console.print(renderable)
+            shown.append((time.monotonic(), capture.get()))
+            priorities.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    stop = threading.Event()
+    console = Console(width=160, height=48, force_terminal=True, color_system=None)
+    config = load_config(None, environ={})
+    source = Source(str(db))
+    loop = threading.Thread(target=live_loop, args=(source, config, console, stop.is_set,
+                                                    Recorder), daemon=True)
+    loop.start()
+    try:
+        with Store.open(db) as store:
+            started = time.monotonic()
+            commits = 0
+            for i in range(80):  # 160 commits (discovery + finish) as fast as they go
+                _assess(store, model_id, f"case/burst{i:02d}.tif", positive=False)
+                commits += 2
+            burst_seconds = time.monotonic() - started
+            deadline = time.monotonic() + 10
+            while "burst79" not in shown[-1][1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        loop.join(10)
+        source.close()
+    assert "burst79" in shown[-1][1], "the last commit never reached the screen"
+    during = [t for t, _ in shown if started <= t <= started + burst_seconds]
+    most = burst_seconds / MIN_FRAME_INTERVAL_SECONDS + 1
+    assert len(during) <= most, (len(during), commits, burst_seconds)
+    assert priorities == {min(19, own + config.dashboard.nice)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
