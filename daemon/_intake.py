@@ -25,6 +25,7 @@ from .observer import PathFilter, Sighting, scan_folder
 if TYPE_CHECKING:
     from marginwatch.engine.config import Config
 
+    from ._claim_timing import ClaimTiming
     from .locations import LocationRules
     from .pipeline import Pipeline
     from .readiness import ReadinessTracker
@@ -44,7 +45,7 @@ class IntakeMethods:
     Uses these attributes, all set in ``Service.__init__``: ``config``, ``root``,
     ``root_key``, ``store``, ``owner``, ``tracker``, ``pipeline``, ``recorded``,
     ``claimed``, ``_sightings``, ``_filter``, ``_scans``, ``_locations``, ``_known``,
-    ``_triggered_poll_at``, ``_claim_hint`` and ``_clock``; and the Service's
+    ``_triggered_poll_at``, ``_claims`` and ``_clock``; and the Service's
     ``_has_capacity()`` (shared with its claims, so it stays there).
     """
 
@@ -63,7 +64,7 @@ class IntakeMethods:
     _locations: LocationRules
     _known: set[tuple[str, int, int]]
     _triggered_poll_at: float
-    _claim_hint: bool  # a discovery left a job pending: the Service's _claim looks now
+    _claims: ClaimTiming  # a discovery that leaves a job pending hints the Service's _claim
     _clock: Callable[[], float]
 
     def _has_capacity(self) -> bool:  # pragma: no cover - the Service's
@@ -133,7 +134,7 @@ class IntakeMethods:
                     self.claimed += 1
                     self.pipeline.submit(found.claimed)
                 else:  # recorded pending: _claim leases it when there is room
-                    self._claim_hint = True
+                    self._claims.hint()
 
     def _placement(self, rel_path: str) -> Placement:
         """Case and location of a new image; never raises (the image must not be lost)."""

@@ -57,6 +57,7 @@ from marginwatch.engine.errors import (
 )
 from marginwatch.engine.pathnames import display_path
 
+from ._claim_timing import ClaimTiming
 from ._intake import IntakeMethods
 from ._reload import LIVE_DAEMON_FIELDS, RESTART_ENGINE_FIELDS, ReloadMethods
 from .locations import LocationRules
@@ -158,12 +159,8 @@ class Service(IntakeMethods, ReloadMethods):
         self._known: set[tuple[str, int, int]] = set()
         self.recorded = 0
         self.claimed = 0
-        # _claim runs a write transaction: only when a job may be waiting (a discovery
-        # left one pending, the pipeline made room) or every poll interval (retries due,
-        # leases requeued, jobs another daemon recorded), not on every loop turn
-        self._claim_hint = True
-        self._claim_at = -math.inf
-        self._in_flight_seen = 0
+        # _claim runs a write transaction: only when a job may be waiting (._claim_timing)
+        self._claims = ClaimTiming()
         self._errors_in_a_row = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -319,20 +316,20 @@ class Service(IntakeMethods, ReloadMethods):
     def _claim(self, now: float) -> None:
         """Lease pending jobs while the pipeline has room, when one may be waiting."""
         d = self.config.daemon
-        in_flight = self.pipeline.in_flight()
-        made_room, self._in_flight_seen = in_flight < self._in_flight_seen, in_flight
-        if not (self._claim_hint or made_room or now >= self._claim_at):
+        if not self._claims.due(now, self.pipeline.in_flight(), d.poll_interval_seconds):
             return
-        self._claim_hint = False
-        self._claim_at = now + d.poll_interval_seconds
-        while self._has_capacity():
+        stopped_full = False
+        while True:
+            if not self._has_capacity():
+                stopped_full = True
+                break
             # Only our folder's jobs: daemons watching other folders may share the database.
             job = self.store.claim_job(self.owner, d.lease_seconds, root_key=self.root_key)
             if job is None:
                 break
             self.claimed += 1
             self.pipeline.submit(job)
-        self._in_flight_seen = self.pipeline.in_flight()
+        self._claims.looked(self.pipeline.in_flight(), stopped_full=stopped_full)
 
     def _requeue_orphans(self) -> None:
         """At start-up: jobs held by daemons of this host that no longer run go back now.

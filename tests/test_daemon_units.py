@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from marginwatch.daemon._claim_timing import ClaimTiming
 from marginwatch.daemon.batching import TileBatcher, concat_inferences, slice_inference
 from marginwatch.daemon.observer import FolderObserver, PathFilter, Sighting, scan_folder
 from marginwatch.daemon.readiness import ReadinessTracker, ReadyFile
@@ -39,6 +40,22 @@ def test_exports_are_declared() -> None:
 
     for name in daemon.__all__:
         assert getattr(daemon, name) is not None
+
+
+def test_claims_look_when_a_job_may_be_pending_and_not_after_an_empty_look() -> None:
+    claims = ClaimTiming()
+    assert claims.due(100.0, 0, poll_seconds=1.0)  # start-up: jobs may be pending
+    claims.looked(10, stopped_full=True)  # a burst: the pipeline filled up
+    assert not claims.due(100.1, 10, poll_seconds=1.0)  # nothing changed
+    assert claims.due(100.2, 9, poll_seconds=1.0)  # room made while jobs were left over
+    claims.looked(9, stopped_full=False)  # ... and none was left
+    for in_flight in range(8, -1, -1):  # the rest finishing: no empty look per image
+        assert not claims.due(100.3, in_flight, poll_seconds=1.0)
+    claims.hint()  # a discovery recorded a job pending
+    assert claims.due(100.4, 0, poll_seconds=1.0)
+    claims.looked(0, stopped_full=False)
+    assert not claims.due(101.3, 0, poll_seconds=1.0)
+    assert claims.due(101.4, 0, poll_seconds=1.0)  # the poll interval: retries fall due
 
 
 def test_path_filter(path_filter: PathFilter) -> None:
