@@ -60,12 +60,12 @@ def _value(value: Any, kind: Any) -> Any:
     return str(value)
 
 
-def _fields(row: Base) -> dict[str, Any]:
-    out = {}
-    for attr in row.__mapper__.column_attrs:
-        column = attr.columns[0]
-        out[attr.key] = _value(getattr(row, attr.key), column.type)
-    return out
+def _fields(row: Base | Mapping[str, Any], model: type[Base] | None = None) -> dict[str, Any]:
+    """A row's columns by their types: an ORM object, or a mapping of ``model``'s columns
+    (the values a bulk INSERT wrote, with the ids it returned)."""
+    get = row.__getitem__ if isinstance(row, Mapping) else lambda key: getattr(row, key)
+    mapper = (model or type(row)).__mapper__
+    return {attr.key: _value(get(attr.key), attr.columns[0].type) for attr in mapper.column_attrs}
 
 
 def _hash(content: Any) -> str:
@@ -79,12 +79,13 @@ def row_digest(row: Base) -> str:
     return _hash(_fields(row))
 
 
-def _tiles_digest(tiles: Iterable[Tile]) -> str:
-    return _hash([_fields(t) for t in sorted(tiles, key=lambda t: t.idx)])
+def _tiles_digest(tiles: Iterable[Tile | Mapping[str, Any]]) -> str:
+    fields = [_fields(t, Tile) for t in tiles]
+    return _hash(sorted(fields, key=lambda f: f["idx"]))
 
 
 def assessment_digests(
-    prediction: Prediction, tiles: Iterable[Tile], heatmap: Heatmap | None
+    prediction: Prediction, tiles: Iterable[Tile | Mapping[str, Any]], heatmap: Heatmap | None
 ) -> dict[str, str]:
     """The ``digests`` of an ``image.assessed`` event (rows flushed, ids assigned)."""
     out = {
