@@ -222,9 +222,12 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
         "0.5",
         "--patients",
         "3",
+        "--workers",
+        "2",
     )
     assert done.returncode == 0, done.stderr
     assert "wrote 6 images (3 tumour, 3 benign) from 3 patients" in done.stdout
+    assert "with 2 worker processes" in done.stdout  # the processes used, not the CPUs
     rows = _manifest(tmp_path / "out")
     assert len(rows) == 6 and {r["profile"] for r in rows} == {"reflectance+fluorescence"}
     again = _cli(str(tmp_path / "out"), "--images", "6", "--size-px", "256")

@@ -51,6 +51,7 @@ __all__ = [
     "SynthImage",
     "centre_names",
     "generate_image",
+    "worker_count",
     "write_dataset",
     "write_image",
 ]
@@ -97,6 +98,12 @@ class ManifestRow:
     kind: str
     profile: str
     um_per_px: float
+
+
+def worker_count(images: int, workers: int | None) -> int:
+    """The processes :func:`write_dataset` uses: ``workers``, else min(4, CPUs); never
+    more than there are images."""
+    return max(1, min(images, workers or min(4, os.cpu_count() or 1)))
 
 
 def centre_names() -> tuple[str, ...]:
@@ -358,7 +365,7 @@ def write_dataset(
     )
     jobs = _plan_jobs(out, plan, c.patient_prefix, patients,
                       (centre, profile, size_px, mosaic, seed, centre_key), fractions)
-    workers = min(len(jobs), workers or min(4, os.cpu_count() or 1))
+    workers = worker_count(len(jobs), workers)
     started = time.perf_counter()
     results = _run_jobs(jobs, workers, progress)
     rows = [

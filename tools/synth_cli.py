@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ._progress import progress_bar
-from .synth import write_dataset
+from .synth import worker_count, write_dataset
 
 __all__ = ["run_synth"]
 
@@ -44,10 +43,12 @@ def run_synth(
     labels = Counter(r.label for r in rows)
     kinds = Counter(r.kind for r in rows)
     patients = len({r.patient_id for r in rows})
+    used = worker_count(len(rows), options.get("workers"))
     print(
         f"wrote {len(rows)} images ({labels['tumour']} tumour, {labels['benign']} benign) "
         f"from {patients} patients, centre {rows[0].centre}, profile {rows[0].profile}, "
-        f"in {time.perf_counter() - started:.1f} s on {os.cpu_count()} CPUs"
+        f"in {time.perf_counter() - started:.1f} s with {used} worker "
+        f"process{'' if used == 1 else 'es'}"
     )
     print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     if degrade is not None:
