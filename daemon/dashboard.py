@@ -39,7 +39,7 @@ from ._case_panel import case_panel, case_panel_rows
 from ._dashboard_source import MAX_ALERT_ROWS, Snapshot, Source, latency_seconds
 from .locations import location_label
 
-__all__ = ["FramePacer", "Snapshot", "Source", "live_loop", "render", "run_dashboard"]
+__all__ = ["Snapshot", "Source", "live_loop", "render", "run_dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,7 @@ RED = "bold white on red3"
 AMBER = "bold black on dark_orange"
 RESEARCH = "research use, not a diagnosis"
 NEW_VERSION = " \u21bb new version"  # beside an image that replaced an earlier version
-# After a change the frame is drawn MIN_FRAME_SECONDS later (the rest of a burst of writes
-# lands in it), and never sooner than MIN_FRAME_INTERVAL_SECONDS after the previous frame
-# began: a frame costs about 30 ms of CPU (snapshot + render), and the daemon commits twice
-# per image, so a burst of commits would otherwise redraw ~20 times a second on the cores
-# the daemon's inference needs (docs/benchmarks.md). 0.1 s keeps a committed alert on
-# screen within 0.2 s.
-MIN_FRAME_SECONDS = 0.02
-MIN_FRAME_INTERVAL_SECONDS = 0.1
+MIN_FRAME_SECONDS = 0.02  # after a change: at most ~50 frames/s during a burst of commits
 # --- rendering ----------------------------------------------------------------------------
 
 
@@ -429,26 +422,6 @@ def _live(source: Source, config: Any, console: Console, stop: Callable[[], bool
             signal.signal(signal.SIGTERM, previous)
 
 
-class FramePacer:
-    """When the next frame may be drawn; see MIN_FRAME_SECONDS and MIN_FRAME_INTERVAL_SECONDS.
-
-    ``clock`` is ``time.monotonic`` in the dashboard; tests drive their own.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._last = -float("inf")
-
-    def delay_after_change(self) -> float:
-        """Seconds to wait before drawing a change that was just signalled."""
-        earliest = self._last + MIN_FRAME_INTERVAL_SECONDS
-        return max(MIN_FRAME_SECONDS, earliest - self._clock())
-
-    def drawing(self) -> None:
-        """A frame begins now."""
-        self._last = self._clock()
-
-
 def _lower_priority(nice: int) -> None:
     """Lower this thread's CPU priority by ``nice`` (``dashboard.nice``).
 
@@ -465,11 +438,10 @@ def _lower_priority(nice: int) -> None:
 def live_loop(source: Source, config: Any, console: Console, stop: Callable[[], bool],
               live_class: Any) -> int:
     """Frames from ``source`` into ``live_class`` (``rich.live.Live``, or the dashboard
-    benchmark's recorder) until ``stop()``: on each change the waker reports (paced by
-    :class:`FramePacer`), else at ``refresh_per_second``."""
+    benchmark's recorder) until ``stop()``: on each change the waker reports, else at
+    ``refresh_per_second``; at the CPU priority lowered by ``dashboard.nice``."""
     _lower_priority(config.dashboard.nice)
     bell = Bell()
-    pacer = FramePacer()
     period = 1.0 / config.dashboard.refresh_per_second
 
     def frame() -> RenderableType:
@@ -487,8 +459,7 @@ def live_loop(source: Source, config: Any, console: Console, stop: Callable[[], 
             redirect_stdout=False, redirect_stderr=False) as live:
         while not stop():
             if waker.wait(period):
-                time.sleep(pacer.delay_after_change())
-            pacer.drawing()
+                time.sleep(MIN_FRAME_SECONDS)  # let the rest of a burst of writes land
             live.update(frame(), refresh=True)
     return 0
 

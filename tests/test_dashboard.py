@@ -18,16 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from marginwatch.daemon.dashboard import (
-    MIN_FRAME_INTERVAL_SECONDS,
-    MIN_FRAME_SECONDS,
-    Bell,
-    FramePacer,
-    Snapshot,
-    Source,
-    live_loop,
-    render,
-)
+from marginwatch.daemon.dashboard import Bell, Snapshot, Source, live_loop, render
 from marginwatch.engine.config import load_config
 from marginwatch.storage import Store
 from marginwatch.storage.testing import sample_record
@@ -295,25 +286,10 @@ def test_half_blocks_draw_two_pixels_per_cell_in_runs() -> None:
     assert console.export_text() == ("\u2580" * 6 + " " + "\u2580" * 6 + "\n") * 2
 
 
-def test_frame_pacer_draws_a_change_soon_but_at_most_ten_times_a_second() -> None:
-    now = [100.0]
-    pacer = FramePacer(clock=lambda: now[0])
-    # the first change after a quiet spell: only the short wait for the rest of its writes
-    assert pacer.delay_after_change() == pytest.approx(MIN_FRAME_SECONDS)
-    pacer.drawing()
-    now[0] += 0.03  # another commit while that frame was being drawn
-    assert pacer.delay_after_change() == pytest.approx(MIN_FRAME_INTERVAL_SECONDS - 0.03)
-    now[0] += MIN_FRAME_INTERVAL_SECONDS - 0.03
-    pacer.drawing()
-    now[0] += 5.0  # quiet again
-    assert pacer.delay_after_change() == pytest.approx(MIN_FRAME_SECONDS)
-    assert MIN_FRAME_SECONDS + MIN_FRAME_INTERVAL_SECONDS <= 0.2  # the on-screen bound
-
-
-def test_live_loop_shows_each_commit_without_redrawing_for_every_one(tmp_path: Path) -> None:
-    """The real loop on a real SQLite file: a commit reaches the screen, a burst of
-    commits is drawn at the pacer's rate, not once per commit, and the loop's thread runs
-    at the lowered priority (``dashboard.nice``), the test's own thread untouched."""
+def test_live_loop_shows_each_commit_at_a_lowered_priority(tmp_path: Path) -> None:
+    """The real loop on a real SQLite file: a burst of commits reaches the screen, and
+    the loop's thread draws at the lowered priority (``dashboard.nice``), while the
+    test's own thread keeps its priority."""
     db = tmp_path / "mw.db"
     with Store.open(db, upgrade=True) as store:
         model_id = _daemon_started(store)
@@ -347,22 +323,15 @@ def test_live_loop_shows_each_commit_without_redrawing_for_every_one(tmp_path: P
     loop.start()
     try:
         with Store.open(db) as store:
-            started = time.monotonic()
-            commits = 0
-            for i in range(80):  # 160 commits (discovery + finish) as fast as they go
+            for i in range(40):  # 80 commits (discovery + finish) as fast as they go
                 _assess(store, model_id, f"case/burst{i:02d}.tif", positive=False)
-                commits += 2
-            burst_seconds = time.monotonic() - started
             deadline = time.monotonic() + 10
-            while "burst79" not in shown[-1][1] and time.monotonic() < deadline:
+            while "burst39" not in shown[-1][1] and time.monotonic() < deadline:
                 time.sleep(0.01)
     finally:
         stop.set()
         loop.join(10)
         source.close()
-    assert "burst79" in shown[-1][1], "the last commit never reached the screen"
-    during = [t for t, _ in shown if started <= t <= started + burst_seconds]
-    most = burst_seconds / MIN_FRAME_INTERVAL_SECONDS + 1
-    assert len(during) <= most, (len(during), commits, burst_seconds)
+    assert "burst39" in shown[-1][1], "the last commit never reached the screen"
     assert priorities == {min(19, own + config.dashboard.nice)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
