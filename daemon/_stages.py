@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from marginwatch.engine.config import Config
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from marginwatch.engine.inference import Inference
     from marginwatch.storage.records import AssessmentRecord
 
-__all__ = ["TENSORRT_START_EXTEND_SECONDS", "EngineStages", "load_stages", "may_build_tensorrt"]
+__all__ = ["TENSORRT_START_EXTEND_SECONDS", "EngineStages", "inference_threads", "load_stages",
+           "may_build_tensorrt"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,29 @@ class EngineStages:
         )
 
 
+def inference_threads(config: Config, environ: Mapping[str, str] | None = None) -> int:
+    """torch's CPU threads for the daemon's inference (``daemon.inference_threads``).
+
+    0 (the default) means ``OMP_NUM_THREADS`` when it is set, else the CPUs this process
+    may run on less the reader threads (``daemon.workers``), at least 1. The readers
+    prepare the next images while the network runs, so on a 2-core machine one
+    inference thread beats two, which would fight the reader for both cores
+    (docs/benchmarks.md: a 20-image burst, 11.7 against 13.3 images/s).
+    """
+    d = config.daemon
+    if d.inference_threads > 0:
+        return d.inference_threads
+    environ = os.environ if environ is None else environ
+    value = environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - d.workers)
+
+
 def load_stages(
     config: Config, store: Any, *, actor: str, notifier: Any = None
 ) -> tuple[EngineStages, Callable[[Any], Any], int, dict[str, Any]]:
@@ -79,8 +104,11 @@ def load_stages(
     ``notifier`` (a :class:`~marginwatch.daemon.sdnotify.Notifier`) is asked for more
     start-up time before a TensorRT backend is selected (it may build an engine).
     """
+    import torch
     from marginwatch import engine
 
+    threads = inference_threads(config)
+    torch.set_num_threads(threads)
     assert config.daemon.model_dir is not None
     model = engine.load_model(config.daemon.model_dir)
     if notifier is not None and may_build_tensorrt(config.engine.backend):
@@ -99,6 +127,7 @@ def load_stages(
         "backend": backend.name,
         "device": backend.device,
         "precision": backend.precision,
+        "inference_threads": threads,
     }
     stages = EngineStages(engine, model, config, backend, model_id)
     return stages, backend.infer, model_id, described

@@ -470,8 +470,9 @@ def run_daemon(
                                                             notifier=notifier)
         store.audit("daemon.start", owner, {
             "pid": os.getpid(), "observer": d.observer, **described}, owner)
-        logger.info("model %s on %s (%s, %s)", described["model_digest"][:12],
-                    described["backend"], described["device"], described["precision"])
+        logger.info("model %s on %s (%s, %s, %d CPU inference threads)",
+                    described["model_digest"][:12], described["backend"], described["device"],
+                    described["precision"], described["inference_threads"])
         if flags.stop.is_set():
             logger.info("stop requested during start-up")
         service = Service(

@@ -130,6 +130,10 @@ class DaemonConfig(_Section):
     retry_delay_seconds: float = Field(5.0, ge=0)
     lease_seconds: float = Field(120.0, gt=0)
     workers: int = Field(1, ge=1, le=64)
+    inference_threads: int = Field(
+        0, ge=0, le=256, description="torch CPU threads of the inference; 0: OMP_NUM_THREADS "
+        "when set, else the CPUs left after the readers (workers), at least 1"
+    )
     max_batch_tiles: int = Field(16, ge=1)
     max_batch_wait_ms: float = Field(50.0, ge=0)
     shutdown_seconds: float = Field(20.0, gt=0)

@@ -136,6 +136,9 @@ def test_temp_name_rename_move_in_and_duplicate(
     for action in ("config.loaded", "daemon.start", "image.duplicate", "config.reloaded",
                    "daemon.stop"):
         assert action in actions, action
+    (start,) = query(daemon.db, "SELECT payload_json FROM audit_events WHERE action = "
+                     "'daemon.start'")[0]
+    assert json.loads(start)["inference_threads"] == 1  # the helper's OMP_NUM_THREADS=1
     (hb_owner, hb_status) = query(daemon.db, "SELECT owner, status FROM heartbeat")[0]
     assert hb_status == "stopped" and "marginwatch-daemon@" in hb_owner
     assert_audit_ok(daemon.db)

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 from marginwatch.daemon._claim_timing import ClaimTiming
+from marginwatch.daemon._stages import inference_threads
 from marginwatch.daemon.batching import TileBatcher, concat_inferences, slice_inference
 from marginwatch.daemon.observer import FolderObserver, PathFilter, Sighting, scan_folder
 from marginwatch.daemon.readiness import ReadinessTracker, ReadyFile
@@ -56,6 +57,20 @@ def test_claims_look_when_a_job_may_be_pending_and_not_after_an_empty_look() -> 
     claims.looked(0, stopped_full=False)
     assert not claims.due(101.3, 0, poll_seconds=1.0)
     assert claims.due(101.4, 0, poll_seconds=1.0)  # the poll interval: retries fall due
+
+
+def test_inference_threads_leave_the_readers_their_cores() -> None:
+    from marginwatch.engine.config import Config
+
+    cpus = len(os.sched_getaffinity(0))
+    config = Config()  # workers = 1, inference_threads = 0 (auto)
+    assert inference_threads(config, environ={}) == max(1, cpus - 1)
+    config.daemon.workers = 64
+    assert inference_threads(config, environ={}) == 1  # never none
+    assert inference_threads(config, environ={"OMP_NUM_THREADS": "3"}) == 3  # the operator's
+    assert inference_threads(config, environ={"OMP_NUM_THREADS": "lots"}) == 1  # not a number
+    config.daemon.inference_threads = 5
+    assert inference_threads(config, environ={"OMP_NUM_THREADS": "3"}) == 5  # the setting first
 
 
 def test_path_filter(path_filter: PathFilter) -> None:

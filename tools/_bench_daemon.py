@@ -199,6 +199,14 @@ class DaemonRun:
         changed, self._data_version = version != self._data_version, version
         return changed
 
+    def _inference_threads(self) -> int | None:
+        """The daemon's torch CPU threads, from its ``daemon.start`` audit event."""
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT payload_json FROM audit_events WHERE action = "
+                               "'daemon.start' ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else json.loads(row[0]).get("inference_threads")
+
     def _observe(self) -> None:
         if not self._changed():
             return
@@ -275,6 +283,7 @@ class DaemonRun:
 
         out: dict[str, Any] = {
             "settings": self.settings,
+            "inference_threads": self._inference_threads(),
             "files": {"series": len(series), "burst": len(burst)},
             "states": states,
             "alerts": sum(1 for rel in [*series, *burst] if rel in rows and rows[rel][5]),

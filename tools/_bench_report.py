@@ -67,7 +67,7 @@ def targets(report: dict[str, Any], device: str, *, quick: bool, gb: float) -> l
     out.append(_target(
         "burst / standalone assess images/s", burst * total if burst and total else None,
         0.9, ">=", "x", why_not=_why_missing(report, "daemon"),
-        note=f"assess {1 / total:.2f}/s" if total else ""))
+        note=_burst_note(report, total)))
     out.append(_target("CAM / forward",
                        _get(report, "gradcam", "cam_fraction_of_forward", "median"), 0.05, "<=",
                        "", why_not=_why_missing(report, "gradcam")))
@@ -90,6 +90,15 @@ def targets(report: dict[str, Any], device: str, *, quick: bool, gb: float) -> l
     out.append(_target("CUDA mosaic tiles/s", _get(report, "mosaic", "tiles_per_second"),
                        300.0, ">=", "", applies=not cpu, why_not="CUDA target; CPU run"))
     return out
+
+
+def _burst_note(report: dict[str, Any], total: float | None) -> str:
+    """Standalone assess's rate, and the torch threads of both sides of the ratio."""
+    if not total:
+        return ""
+    here = _get(report, "machine", "torch_threads")
+    daemon = _get(report, "daemon", "inference_threads")
+    return f"assess {1 / total:.2f}/s; torch threads: assess {here}, daemon {daemon}"
 
 
 def _ms(value: float | None) -> str:

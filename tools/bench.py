@@ -198,10 +198,11 @@ def run_bench(options: BenchOptions, *, console: Any = None) -> dict[str, Any]:
 
     console = console or Console()
     _check_options(options)
-    _apply_threads(options)
+    threads = _apply_threads(options)
     plan = _plan(options)
     started = time.perf_counter()
     report: dict[str, Any] = {"machine": machine_facts(), "options": _jsonable(asdict(options))}
+    report["machine"]["torch_threads"] = threads
     workdir = Path(tempfile.mkdtemp(prefix="marginwatch-bench-"))
     try:
         bench = _prepare(options, plan, workdir, report, console)
@@ -234,15 +235,24 @@ def _check_options(options: BenchOptions) -> None:
         raise ConfigError("--cuda-graphs and --precision fp16 need --device cuda")
 
 
-def _apply_threads(options: BenchOptions) -> None:
-    """``--threads``: here and, through the environment, in the subprocesses."""
+def _apply_threads(options: BenchOptions) -> int:
+    """torch's CPU threads here, returned: ``--threads`` (here and, through the
+    environment, in the subprocesses), else on the CPU the daemon's own default
+    (``daemon.inference_threads``), so that standalone ``assess`` and the daemon it is
+    compared with run with the same threads."""
     import torch
 
+    if options.threads is None and options.device == "cpu":
+        from marginwatch.daemon._stages import inference_threads
+        from marginwatch.engine.config import Config
+
+        torch.set_num_threads(inference_threads(Config()))
     if options.threads is not None:
         # a shared machine: fewer threads than cores can be much faster (no spinning
         # OpenMP barriers against other people's processes); children inherit it
         torch.set_num_threads(options.threads)
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
+    return torch.get_num_threads()
 
 
 def _prepare(options: BenchOptions, plan: _Plan, workdir: Path, report: dict[str, Any],
@@ -259,7 +269,8 @@ def _prepare(options: BenchOptions, plan: _Plan, workdir: Path, report: dict[str
     card = model.card
     console.print(f"[bold]marginwatch bench[/] on {options.device}: {model_note}")
     console.print(f"load average at start: {report['machine']['loadavg_start']} "
-                  f"({report['machine']['cpu_cores']} cores)")
+                  f"({report['machine']['cpu_cores']} cores, "
+                  f"{report['machine']['torch_threads']} torch threads)")
     engine = EngineConfig(backend="torch-cuda" if cuda else "torch-cpu", precision=precision)
     backend = select_backend(model, engine)
     report["model"] = {"note": model_note, "architecture": card.architecture,
