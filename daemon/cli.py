@@ -369,6 +369,8 @@ def train(
     test_fraction: Annotated[float | None, typer.Option(help="Internal test share [0.21].")] = None,
     target_sensitivity: Annotated[float | None, typer.Option(
         help="Chooses the threshold [0.90].")] = None,
+    target_specificity: Annotated[float | None, typer.Option(
+        help="With it, the threshold is midway between both targets [none].")] = None,
     tile_selection: Annotated[str | None, typer.Option(
         help="random | top (multiple-instance: train on each image's top tile) [random].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of split, init, sampling, augmentation.")] = 0,
@@ -392,7 +394,8 @@ def train(
             preset, architecture=arch, input_size_px=input_size, um_per_px=um_per_px,
             profile=profile, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
             val_fraction=val_fraction, test_fraction=test_fraction,
-            target_sensitivity=target_sensitivity, tile_selection=tile_selection, seed=seed,
+            target_sensitivity=target_sensitivity, target_specificity=target_specificity,
+            tile_selection=tile_selection, seed=seed,
             device=device, pretrained=str(pretrained) if pretrained else None,
             max_train_images=max_train_images, max_minutes=max_minutes, augment=augment,
             synthetic_demo=synthetic_demo,

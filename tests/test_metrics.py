@@ -137,6 +137,31 @@ def test_threshold_for_sensitivity_is_the_highest_reaching_the_target(target: fl
         assert mm.sensitivity(y, p >= higher[0]) < target
 
 
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 1.0])
+def test_threshold_for_specificity_is_the_lowest_reaching_the_target(target: float) -> None:
+    y, p = _random_case(4, n=80)
+    t = mm.threshold_for_specificity(y, p, target)
+    assert mm.specificity(y, p >= t) >= target
+    lower = np.unique(p[p < t])
+    if lower.size:
+        assert mm.specificity(y, p >= lower[-1]) < target
+
+
+def test_operating_threshold_is_midway_between_the_two_targets() -> None:
+    y, p = _random_case(5, n=200)
+    high = mm.threshold_for_sensitivity(y, p, 0.9)
+    low = mm.threshold_for_specificity(y, p, 0.5)
+    assert low < high  # this case has room for both
+    t = mm.operating_threshold(y, p, 0.9, 0.5)
+    logit = lambda q: math.log(q / (1 - q))  # noqa: E731
+    assert logit(t) == pytest.approx((logit(low) + logit(high)) / 2)
+    assert mm.sensitivity(y, p >= t) >= 0.9 and mm.specificity(y, p >= t) >= 0.5
+    # without a specificity target, and where none meets both: sensitivity first
+    assert mm.operating_threshold(y, p, 0.9) == high
+    assert mm.operating_threshold(y, p, 0.9, 1.0) == high
+    assert mm.threshold_for_specificity(y, p, 1.0) > high
+
+
 def test_bootstrap_resamples_patients_not_images() -> None:
     # Two patients: one all-positive with high scores, one all-negative with low scores.
     # A patient-level resample draws {A,A}, {B,B} or {A,B}: the AUC is 1.0 or undefined,

@@ -104,7 +104,11 @@ def test_presets_set_the_demo_recipe_and_explicit_options_win() -> None:
     demo = preset_options("demo", epochs=3, lr=None)
     assert (demo.input_size_px, demo.um_per_px, demo.tile_selection) == (64, 4.0, "top")
     assert demo.epochs == 3 and demo.lr == 1e-3 and demo.synthetic_demo is True
+    assert (demo.target_sensitivity, demo.target_specificity) == (0.90, 0.80)
     assert preset_options("paper") == TrainOptions()
+    assert TrainOptions().target_specificity is None  # the paper's rule: sensitivity alone
+    with pytest.raises(ConfigError, match="target_specificity=1.5"):
+        TrainOptions(target_specificity=1.5)
     with pytest.raises(ConfigError, match="--preset 'fast'"):
         preset_options("fast")
     with pytest.raises(ConfigError, match="tile_selection='best'"):

@@ -1,7 +1,8 @@
 """What validation decides for the model card: temperature, threshold and the metrics there.
 
 After the last epoch, :func:`calibrate` fits the temperature on the validation images'
-driving logits (tools._objective), chooses the threshold for the target sensitivity on
+driving logits (tools._objective), chooses the threshold for the target sensitivity (and,
+when one is set, the target specificity: the middle of the thresholds meeting both) on
 the calibrated image probabilities, and measures validation at that threshold.
 """
 
@@ -35,13 +36,16 @@ class Calibration:
     metrics: dict[str, float]
 
 
-def calibrate(trainer: Trainer, target_sensitivity: float, console: Console) -> Calibration:
+def calibrate(
+    trainer: Trainer, target_sensitivity: float, console: Console,
+    target_specificity: float | None = None,
+) -> Calibration:
     """Temperature, then the threshold and the metrics at it, all on the validation images."""
     val = trainer.val_set
     logits = trainer.tile_logits(val)
     temperature, at_bound = _fit_temperature(val, logits, trainer.engine.aggregation, console)
     val_p, _ = aggregate_images(val, logits, temperature, trainer.engine.aggregation)
-    threshold = _choose_threshold(val.labels, val_p, target_sensitivity)
+    threshold = _choose_threshold(val.labels, val_p, target_sensitivity, target_specificity)
     val_metrics = _val_metrics(val.labels, val_p, threshold)
     return Calibration(temperature, at_bound, threshold, val_metrics)
 
@@ -62,9 +66,12 @@ def _fit_temperature(
     return temperature, at_bound
 
 
-def _choose_threshold(labels: np.ndarray, val_p: np.ndarray, target_sensitivity: float) -> float:
-    """The threshold for the target sensitivity; 0.5 when undefined; never exactly 0 or 1."""
-    threshold = metrics.threshold_for_sensitivity(labels, val_p, target_sensitivity)
+def _choose_threshold(labels: np.ndarray, val_p: np.ndarray, target_sensitivity: float,
+                      target_specificity: float | None = None) -> float:
+    """The threshold for the targets (:func:`metrics.operating_threshold`); 0.5 when
+    undefined; never exactly 0 or 1."""
+    threshold = metrics.operating_threshold(labels, val_p, target_sensitivity,
+                                            target_specificity)
     return float(np.clip(threshold if not math.isnan(threshold) else 0.5, 1e-4, 1 - 1e-4))
 
 

@@ -42,7 +42,9 @@ __all__ = [
     "sensitivity",
     "specificity",
     "summarise",
+    "operating_threshold",
     "threshold_for_sensitivity",
+    "threshold_for_specificity",
     "undefined_reason",
 ]
 
@@ -284,6 +286,58 @@ def threshold_for_sensitivity(
     # Calling the k highest-scoring positives positive gives sensitivity k/n_pos.
     k = math.ceil(target * positives.size - 1e-9)
     return float(positives[max(k, 1) - 1])
+
+
+def threshold_for_specificity(
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    target: float = 0.80,
+) -> float:
+    """The lowest threshold whose specificity (``p < threshold`` negative) reaches ``target``.
+
+    Among thresholds that reach the target this one has the best sensitivity: it lies
+    just above the probability of the highest-scoring negative that must stay negative.
+    NaN without negative images.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target specificity must be in (0, 1], got {target}")
+    y = _labels(labels)
+    p = _probabilities(probabilities, y.size)
+    negatives = np.sort(p[y == 0])
+    if negatives.size == 0:
+        return math.nan
+    # Calling the k lowest-scoring negatives negative gives specificity k/n_neg.
+    k = math.ceil(target * negatives.size - 1e-9)
+    return float(np.nextafter(negatives[max(k, 1) - 1], np.inf))
+
+
+def operating_threshold(
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    target_sensitivity: float = 0.90,
+    target_specificity: float | None = None,
+) -> float:
+    """The decision threshold for the targets, on validation probabilities.
+
+    Without ``target_specificity``: :func:`threshold_for_sensitivity`. With it, the
+    thresholds that meet both targets form an interval, from the lowest reaching the
+    specificity target to the highest reaching the sensitivity target; the threshold is
+    its midpoint on the logit scale, the point furthest from both edges, so that a shift
+    of a new centre's scores in either direction costs the least. When no threshold
+    meets both, sensitivity comes first (the highest reaching it). NaN as the parts are.
+    """
+    high = threshold_for_sensitivity(labels, probabilities, target_sensitivity)
+    if target_specificity is None or math.isnan(high):
+        return high
+    low = threshold_for_specificity(labels, probabilities, target_specificity)
+    if math.isnan(low) or low > high:
+        return high
+
+    def logit(q: float) -> float:
+        q = min(max(q, 1e-6), 1 - 1e-6)
+        return math.log(q / (1 - q))
+
+    return float(1.0 / (1.0 + math.exp(-(logit(low) + logit(high)) / 2)))
 
 
 def undefined_reason(

@@ -15,7 +15,8 @@
    (safetensors + JSON, tools/_checkpoint.py) is written after every epoch;
    ``--resume`` continues from it with the same RNG streams.
 4. The best weights are calibrated on validation (temperature scaling) and a
-   decision threshold is chosen there for ``target_sensitivity``. The engine's model
+   decision threshold is chosen there for ``target_sensitivity`` (and, when set,
+   ``target_specificity``: midway between the two). The engine's model
    artefact (model.json + weights.safetensors) is written to DIR, with
    ``training.json`` (options, split, history) and the split manifests under
    ``DIR/splits/`` (evaluate the test split with ``marginwatch evaluate DIR
@@ -334,7 +335,8 @@ def _finalise(
     """Best weights -> temperature, threshold, card; write the artefact and training.json."""
     model = trainer.model
     _best_weights_to_cpu(trainer)
-    calibration = calibrate(trainer, options.target_sensitivity, console)
+    calibration = calibrate(trainer, options.target_sensitivity, console,
+                            options.target_specificity)
     _update_card(trainer, options, manifest, split, calibration)
     model.torch_module()
     model.save(out)
@@ -400,7 +402,9 @@ def _update_card(
         threshold=calibration.threshold,
         quality=quality,
         training_data_sha256=manifest.sha256,
-        metrics=rounded | {"target_sensitivity": options.target_sensitivity},
+        metrics=rounded | {"target_sensitivity": options.target_sensitivity} | (
+            {} if options.target_specificity is None
+            else {"target_specificity": options.target_specificity}),
         input_reference=input_reference(model, val),  # input-drift monitoring (monitor)
         synthetic_demo=options.synthetic_demo,
         description=description,
