@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "SignalFlags": "signals",
     "Sighting": "observer",
     "TileBatcher": "batching",
+    "inference_threads": "_stages",
     "run_daemon": "service",
     "scan_folder": "observer",
 }

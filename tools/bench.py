@@ -243,7 +243,7 @@ def _apply_threads(options: BenchOptions) -> int:
     import torch
 
     if options.threads is None and options.device == "cpu":
-        from marginwatch.daemon._stages import inference_threads
+        from marginwatch.daemon import inference_threads
         from marginwatch.engine.config import Config
 
         torch.set_num_threads(inference_threads(Config()))
