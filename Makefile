@@ -22,8 +22,8 @@ test: $(STAMP)
 
 # The demo model's recipe (docs/training.md): 1200 synthetic training scans with the
 # hard kinds enriched (tumour inside the margin, small foci at the ink), then
-# `marginwatch train --preset demo` on the CPU (about 6 min of synthesis and 13 min of
-# training on 2 cores). Evaluate on fresh seeds with `marginwatch evaluate` as
+# `marginwatch train --preset demo` on the CPU (about 6-8 min of synthesis and 12-19 min
+# of training on 2 cores). Evaluate on fresh seeds with `marginwatch evaluate` as
 # docs/training.md shows.
 MODEL_DATA ?= build/demo-data
 MODEL_OUT  ?= build/demo-model

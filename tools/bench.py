@@ -236,22 +236,23 @@ def _check_options(options: BenchOptions) -> None:
 
 
 def _apply_threads(options: BenchOptions) -> int:
-    """torch's CPU threads here, returned: ``--threads`` (here and, through the
-    environment, in the subprocesses), else on the CPU the daemon's own default
-    (``daemon.inference_threads``), so that standalone ``assess`` and the daemon it is
-    compared with run with the same threads."""
+    """torch's CPU threads, here and (through the environment) in the subprocesses:
+    ``--threads``, else on the CPU the daemon's own default (``daemon.inference_threads``),
+    so that standalone ``assess``, the mosaic child and the daemon it is compared with all
+    run with the same threads. Returns the number."""
     import torch
 
-    if options.threads is None and options.device == "cpu":
+    threads = options.threads
+    if threads is None and options.device == "cpu":
         from marginwatch.daemon import inference_threads
         from marginwatch.engine.config import Config
 
-        torch.set_num_threads(inference_threads(Config()))
-    if options.threads is not None:
-        # a shared machine: fewer threads than cores can be much faster (no spinning
-        # OpenMP barriers against other people's processes); children inherit it
-        torch.set_num_threads(options.threads)
-        os.environ["OMP_NUM_THREADS"] = str(options.threads)
+        threads = inference_threads(Config())
+    if threads is not None:
+        # (on a shared machine fewer threads than cores can be much faster: no spinning
+        # OpenMP barriers against other people's processes)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     return torch.get_num_threads()
 
 
