@@ -74,9 +74,9 @@ def _hash(content: Any) -> str:
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
 
 
-def row_digest(row: Base) -> str:
-    """SHA-256 of one row's columns."""
-    return _hash(_fields(row))
+def row_digest(row: Base | Mapping[str, Any], model: type[Base] | None = None) -> str:
+    """SHA-256 of one row's columns: an ORM object, or a mapping of ``model``'s columns."""
+    return _hash(_fields(row, model))
 
 
 def _tiles_digest(tiles: Iterable[Tile | Mapping[str, Any]]) -> str:
@@ -84,22 +84,33 @@ def _tiles_digest(tiles: Iterable[Tile | Mapping[str, Any]]) -> str:
     return _hash(sorted(fields, key=lambda f: f["idx"]))
 
 
+def _id(row: Base | Mapping[str, Any], key: str = "id") -> Any:
+    return row[key] if isinstance(row, Mapping) else getattr(row, key)
+
+
 def assessment_digests(
-    prediction: Prediction, tiles: Iterable[Tile | Mapping[str, Any]], heatmap: Heatmap | None
+    prediction: Prediction | Mapping[str, Any],
+    tiles: Iterable[Tile | Mapping[str, Any]],
+    heatmap: Heatmap | Mapping[str, Any] | None,
 ) -> dict[str, str]:
-    """The ``digests`` of an ``image.assessed`` event (rows flushed, ids assigned)."""
+    """The ``digests`` of an ``image.assessed`` event: rows as written, ids assigned.
+
+    Each row is an ORM object or a mapping of every one of its table's columns (the
+    values an INSERT wrote, with the id it returned).
+    """
+    pid = _id(prediction)
     out = {
-        f"predictions/{prediction.id}": row_digest(prediction),
-        f"tiles/{prediction.id}": _tiles_digest(tiles),
+        f"predictions/{pid}": row_digest(prediction, Prediction),
+        f"tiles/{pid}": _tiles_digest(tiles),
     }
     if heatmap is not None:
-        out[f"heatmaps/{prediction.id}"] = row_digest(heatmap)
+        out[f"heatmaps/{pid}"] = row_digest(heatmap, Heatmap)
     return out
 
 
-def alert_digests(alert: Alert) -> dict[str, str]:
+def alert_digests(alert: Alert | Mapping[str, Any]) -> dict[str, str]:
     """The ``digests`` of an ``alert.raised``/``alert.acknowledged`` event."""
-    return {f"alerts/{alert.id}": row_digest(alert)}
+    return {f"alerts/{_id(alert)}": row_digest(alert, Alert)}
 
 
 @dataclass(frozen=True)

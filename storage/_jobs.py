@@ -3,9 +3,11 @@
 discover -> claim -> (record_assessment | close_duplicate | fail_or_retry), and the
 ways a job goes back: put_back (released), requeue_lost (lease expired, owner gone).
 
-The steps in which the file is not read (superseded, moved, waiting for a file still
-changing, put back) are in :mod:`._job_unread`, and the failures (retry or fail for
-good, a lost lease put back) in :mod:`._job_failures`; both are re-exported here.
+The ``done`` step (written as plain statements, it is on every image's path) is in
+:mod:`._job_assessed`, the steps in which the file is not read (superseded, moved,
+waiting for a file still changing, put back) in :mod:`._job_unread`, and the failures
+(retry or fail for good, a lost lease put back) in :mod:`._job_failures`; all are
+re-exported here.
 
 Kept apart from :mod:`store` so each stays readable; nothing here commits: the caller's
 ``with store._write()`` block is the transaction, so a crash between any two steps leaves
@@ -15,17 +17,16 @@ mid-transaction, at statements it picks from the outside).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
-from marginwatch.engine.errors import ConflictError, NotFoundError
-from sqlalchemy import insert, select
+from marginwatch.engine.errors import NotFoundError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import _cases, _digests, audit
+from . import _cases, audit
+from ._job_assessed import check_held, held_image_id, record_assessment
 from ._job_failures import fail_final, fail_or_retry, requeue_lost
 from ._job_unread import (
     _same_inode,
@@ -37,12 +38,10 @@ from ._job_unread import (
     wait_for_change,
 )
 from ._paths import path_key
-from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
+from .models import Image, Job, Prediction
 from .records import (
-    AssessmentRecord,
     ClaimedJob,
     Discovery,
-    FinishOutcome,
     Placement,
 )
 
@@ -54,6 +53,7 @@ __all__ = [
     "expired",
     "fail_final",
     "fail_or_retry",
+    "held_image_id",
     "held_job",
     "moved_to",
     "orphaned",
@@ -202,202 +202,14 @@ def orphaned(session: Session, owner_prefix: str, alive: Callable[[str], bool] |
 
 
 def held_job(session: Session, job_id: int, owner: str) -> Job:
+    """Job ``job_id``, which ``owner`` must hold (row locked on PostgreSQL)."""
     query = select(Job).where(Job.id == job_id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     job = session.scalar(query)
-    if job is None:
-        raise NotFoundError(f"job {job_id}: no such job")
-    if job.state != "processing" or job.lease_owner != owner:
-        raise ConflictError(
-            f"job {job_id}: not leased to {owner!r} (state {job.state}, "
-            f"lease owner {job.lease_owner!r}); its lease expired or it was finished"
-        )
+    check_held(job_id, owner, *((job.state, job.lease_owner) if job else (None, None)))
+    assert job is not None
     return job
-
-
-def record_assessment(
-    session: Session, job: Job, result: AssessmentRecord, actor: str, now: datetime
-) -> FinishOutcome:
-    """Image details, prediction, tiles, heatmap, alert if positive, audit, job -> done."""
-    image = session.get(Image, job.image_id)
-    assert image is not None  # foreign key
-    model = session.get(ModelRow, result.model_id)
-    if model is None:
-        raise NotFoundError(f"model {result.model_id}: not registered")
-    _describe_image(image, result)
-    prediction = _add_prediction(session, image, model, result, now)
-    tiles, heatmap = _add_outputs(session, prediction, result)
-    alert = _add_alert(session, image, job, prediction, result, now) if result.decision else None
-    alert_id = None if alert is None else alert.id
-    # The order of the events is part of the hash chain: the assessment, then its alert.
-    event = audit.append_event(
-        session,
-        "image.assessed",
-        image.id,
-        _assessed_payload(job, model, prediction, tiles, heatmap, result),
-        actor,
-        now,
-    )
-    if alert is not None:
-        event = audit.append_event(
-            session, "alert.raised", image.id, _alert_payload(alert, prediction), actor, now
-        )
-    _close_done(session, job, prediction, now)
-    logger.info(
-        "image %s assessed: prediction %d decision=%s",
-        image.id,
-        prediction.id,
-        result.decision,
-    )
-    return FinishOutcome(prediction_id=prediction.id, alert_id=alert_id, audit_seq=event.seq)
-
-
-def _describe_image(image: Image, result: AssessmentRecord) -> None:
-    """What reading the file told us about it: its bytes' hash, shape, scale and profile."""
-    image.sha256 = result.sha256
-    image.shape_json = json.dumps(list(result.shape))
-    image.um_per_px = result.um_per_px
-    image.um_per_px_source = result.um_per_px_source
-    image.profile = result.profile
-
-
-def _add_prediction(
-    session: Session, image: Image, model: ModelRow, result: AssessmentRecord, now: datetime
-) -> Prediction:
-    """The prediction row, flushed so its id can key the tiles, heatmap and events."""
-    prediction = Prediction(
-        image_id=image.id,
-        model_id=model.id,
-        backend=result.backend,
-        device=result.device,
-        precision=result.precision,
-        raw_probability=result.raw_probability,
-        probability=result.probability,
-        decision=result.decision,
-        threshold=result.threshold,
-        driving_tile=result.driving_tile,
-        timings_json=audit.canonical_json({k: float(v) for k, v in result.timings.items()}),
-        created_at=now,
-        quality_json=None if result.quality is None else audit.canonical_json(result.quality),
-    )
-    session.add(prediction)
-    session.flush()
-    return prediction
-
-
-def _add_outputs(
-    session: Session, prediction: Prediction, result: AssessmentRecord
-) -> tuple[list[dict[str, Any]], Heatmap | None]:
-    """The prediction's tiles, heatmap and summary (flushed); tiles and heatmap are digested.
-
-    The tiles (16 to hundreds per image) go in as one bulk INSERT ... RETURNING id, not
-    as ORM objects: the unit of work cost more than the rest of the transaction. They
-    come back as the column values written, ids included, for their digest.
-    """
-    tiles = [
-        {"prediction_id": prediction.id, "idx": i, "x0": t.box[0], "y0": t.box[1],
-         "x1": t.box[2], "y1": t.box[3], "probability": t.probability}
-        for i, t in enumerate(result.tiles)
-    ]
-    if tiles:
-        inserted = insert(Tile).returning(Tile.id, sort_by_parameter_order=True)
-        for row, tile_id in zip(tiles, session.scalars(inserted, tiles), strict=True):
-            row["id"] = tile_id
-    heatmap = None
-    if result.heatmap_png is not None:
-        heatmap = Heatmap(
-            prediction_id=prediction.id,
-            png=result.heatmap_png,
-            scale=result.heatmap_scale or 1.0,
-        )
-        session.add(heatmap)
-    if result.summary_kind is not None and result.summary_data is not None:
-        session.add(PredictionSummary(prediction_id=prediction.id, kind=result.summary_kind,
-                                      data=result.summary_data))
-    session.flush()
-    return tiles, heatmap
-
-
-def _add_alert(
-    session: Session,
-    image: Image,
-    job: Job,
-    prediction: Prediction,
-    result: AssessmentRecord,
-    now: datetime,
-) -> Alert:
-    """The tumour-at-margin alert of a positive decision, flushed so the event can cite it."""
-    alert = Alert(
-        kind="tumour-at-margin",
-        image_id=image.id,
-        prediction_id=prediction.id,
-        job_id=job.id,
-        raised_at=now,
-        message=(
-            f"tumour at margin: p={result.probability:.3f} >= threshold {result.threshold:.3f}"
-        ),
-    )
-    session.add(alert)
-    session.flush()
-    return alert
-
-
-def _assessed_payload(
-    job: Job,
-    model: ModelRow,
-    prediction: Prediction,
-    tiles: list[dict[str, Any]],
-    heatmap: Heatmap | None,
-    result: AssessmentRecord,
-) -> dict[str, Any]:
-    """The ``image.assessed`` payload: ids, the decision and the digests of the rows written."""
-    return {
-        "job_id": job.id,
-        "prediction_id": prediction.id,
-        "model_digest": model.digest,
-        "sha256": result.sha256,
-        "backend": result.backend,
-        "device": result.device,
-        "precision": result.precision,
-        "probability": result.probability,
-        "raw_probability": result.raw_probability,
-        "decision": result.decision,
-        "threshold": result.threshold,
-        "tiles": len(result.tiles),
-        "digests": _digests.assessment_digests(prediction, tiles, heatmap),
-        "quality": _quality_summary(result.quality),
-    }
-
-
-def _alert_payload(alert: Alert, prediction: Prediction) -> dict[str, Any]:
-    """The ``alert.raised`` payload of a tumour-at-margin alert, with the alert row's digest."""
-    return {
-        "alert_id": alert.id,
-        "kind": "tumour-at-margin",
-        "prediction_id": prediction.id,
-        "digests": _digests.alert_digests(alert),
-    }
-
-
-def _close_done(session: Session, job: Job, prediction: Prediction, now: datetime) -> None:
-    """``processing`` -> ``done``, pointing at its prediction, any earlier error cleared."""
-    end_job(job, "done", now)
-    job.prediction_id = prediction.id
-    job.error_class = None
-    job.error_message = None
-    session.flush()
-
-
-def _quality_summary(quality: Any) -> dict[str, Any] | None:
-    """The gate's values and tile counts for the audit trail (thresholds are in the row)."""
-    if not quality:
-        return None
-    return {
-        "passed": quality.get("passed"),
-        "values": {k: m.get("value") for k, m in quality.get("measurements", {}).items()},
-        "tiles": quality.get("tiles"),
-    }
 
 
 def close_duplicate(

@@ -183,8 +183,8 @@ class QueueMethods:
         now = _now(now)
         actor = actor or owner
         with self._write() as session:
-            job = _jobs.held_job(session, job_id, owner)
-            return _jobs.record_assessment(session, job, result, actor, now)
+            image_id = _jobs.held_image_id(session, job_id, owner)
+            return _jobs.record_assessment(session, job_id, image_id, result, actor, now)
 
     def mark_duplicate(
         self,

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from marginwatch.engine.errors import AuditChainError
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from ._digests import check_rows
@@ -104,6 +104,11 @@ def lock_chain(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
 
 
+_HEAD = select(AuditEvent.__table__.c.seq, AuditEvent.__table__.c.hash).order_by(
+    AuditEvent.__table__.c.seq.desc()).limit(1)
+_INSERT_EVENT = insert(AuditEvent.__table__)
+
+
 def append_event(
     session: Session,
     action: str,
@@ -112,12 +117,19 @@ def append_event(
     actor: str,
     now: datetime | None = None,
 ) -> AuditEvent:
-    """Add the next event of the chain inside the caller's writing transaction."""
+    """Add the next event of the chain inside the caller's writing transaction.
+
+    Returns the event as written (not attached to the session). The head is read from
+    the database once per transaction, then followed in ``session.info``: the chain's
+    lock (SQLite's write lock, PostgreSQL's advisory lock) is held until commit, so no
+    other writer can move it meanwhile.
+    """
     lock_chain(session)
-    head = session.execute(
-        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).first()
-    seq, prev = (1, GENESIS_HASH) if head is None else (head.seq + 1, head.hash)
+    transaction = session.get_transaction()
+    head = session.info.get("audit_head")
+    if head is None or session.info.get("audit_transaction") is not transaction:
+        head = session.connection().execute(_HEAD).first()
+    seq, prev = (1, GENESIS_HASH) if head is None else (head[0] + 1, head[1])
     # Microsecond precision is what every backend stores; the hash must survive a round trip.
     ts = (now or datetime.now(UTC)).astimezone(UTC)
     payload_json = canonical_json(dict(payload))
@@ -131,9 +143,14 @@ def append_event(
         prev_hash=prev,
         hash=event_hash(seq, ts, actor, action, str(object_id), payload_json, prev),
     )
-    session.add(event)
-    session.flush()
-    session.info["audit_head"] = (event.seq, event.hash)  # for the anchor, after commit
+    session.flush()  # rows the ORM still holds go first: the event may cite them
+    session.connection().execute(_INSERT_EVENT, {
+        "seq": event.seq, "ts": event.ts, "actor": event.actor, "action": event.action,
+        "object_id": event.object_id, "payload_json": event.payload_json,
+        "prev_hash": event.prev_hash, "hash": event.hash,
+    })
+    session.info["audit_head"] = (event.seq, event.hash)  # for the next append and the anchor
+    session.info["audit_transaction"] = transaction
     return event
 
 
