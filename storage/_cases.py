@@ -56,30 +56,29 @@ def worst(states: list[str]) -> str:
 
 
 def place(
-    session: Session, image: Image, placement: Placement, actor: str, now: datetime
+    session: Session, image_id: str, root_key: str, placement: Placement, actor: str,
+    now: datetime,
 ) -> str | None:
-    """Put a new image in its case (created, or reopened when closed); the case id.
+    """The case of a new image (created, or reopened when closed); None without a case folder.
 
     Audited: ``case.opened`` for a new case, ``case.reopened`` for a late image of a
-    closed one (the image's own ``image.discovered`` names the case and location).
+    closed one (the image's own ``image.discovered`` names the case and location). The
+    caller records the image with this case id and the placement's location.
     """
-    image.location = placement.location
-    image.location_source = placement.source
-    image.location_issue = placement.issue
     if placement.case_folder is None:
         return None
     case = session.scalar(
-        select(Case).where(Case.root_key == image.root_key, Case.folder == placement.case_folder)
+        select(Case).where(Case.root_key == root_key, Case.folder == placement.case_folder)
     )
     if case is None:
         case = Case(
-            root_key=image.root_key, folder=placement.case_folder, state="open", opened_at=now,
+            root_key=root_key, folder=placement.case_folder, state="open", opened_at=now,
             last_image_at=now, reopened=0,
         )
         session.add(case)
         session.flush()
-        audit.append_event(session, "case.opened", case.id, {"image_id": image.id}, actor, now)
-        logger.info("case %s opened (image %s)", case.id, image.id)
+        audit.append_event(session, "case.opened", case.id, {"image_id": image_id}, actor, now)
+        logger.info("case %s opened (image %s)", case.id, image_id)
     elif case.state == "closed":
         previous = {"close_reason": case.close_reason, "closed_by": case.closed_by,
                     "closed_at": case.closed_at.isoformat() if case.closed_at else None}
@@ -87,10 +86,9 @@ def place(
         case.reopened += 1
         case.closed_at = case.closed_by = case.close_reason = case.close_note = None
         audit.append_event(session, "case.reopened", case.id,
-                           {"image_id": image.id, "reason": "late image", **previous}, actor, now)
-        logger.warning("case %s reopened by a late image %s", case.id, image.id)
+                           {"image_id": image_id, "reason": "late image", **previous}, actor, now)
+        logger.warning("case %s reopened by a late image %s", case.id, image_id)
     case.last_image_at = max(case.last_image_at, now)
-    image.case_id = case.id
     return case.id
 
 

@@ -18,11 +18,13 @@ mid-transaction, at statements it picks from the outside).
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from marginwatch.engine.errors import NotFoundError
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from . import _cases, audit
@@ -66,6 +68,39 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_images, _jobs = Image.__table__, Job.__table__
+_SEEN = select(_images.c.id).where(
+    _images.c.root_key == bindparam("root_key"), _images.c.path_key == bindparam("path_key"),
+    _images.c.rel_path == bindparam("rel_path"), _images.c.size == bindparam("size"),
+    _images.c.mtime_ns == bindparam("mtime_ns"))
+_LATEST = (  # the latest earlier version of a file, if any
+    select(_images.c.id)
+    .where(_images.c.root_key == bindparam("root_key"),
+           _images.c.path_key == bindparam("path_key"),
+           _images.c.rel_path == bindparam("rel_path"))
+    .order_by(_images.c.first_seen.desc(), _images.c.id.desc())
+    .limit(1)
+)
+_INSERT_IMAGE = insert(_images)
+_INSERT_JOB = insert(_jobs).returning(_jobs.c.id)
+_WAITING = select(_jobs.c.id).where(_jobs.c.image_id == bindparam("image_id"),
+                                    _jobs.c.state == "pending")
+
+
+def _lost_under_other_names(with_inode: bool) -> Select[tuple[int]]:
+    """Pending jobs whose file was not found, with this content under another name
+    (the same inode too, when the new file's is known: see :func:`_same_inode`)."""
+    inode = _same_inode(_images.c.inode, bindparam("inode") if with_inode else None)
+    return select(_jobs.c.id).join(_images, _images.c.id == _jobs.c.image_id).where(
+        _images.c.root_key == bindparam("root_key"), _images.c.rel_path != bindparam("rel_path"),
+        _images.c.size == bindparam("size"), _images.c.mtime_ns == bindparam("mtime_ns"),
+        inode, _jobs.c.state == "pending", _jobs.c.error_class == "FileNotFoundError",
+    ).order_by(_jobs.c.id)
+
+
+_LOST = {True: _lost_under_other_names(True), False: _lost_under_other_names(False)}
+
+
 def discover(
     session: Session,
     root_key: str,
@@ -83,66 +118,62 @@ def discover(
 
     With ``placement`` the image goes into its case (see :func:`_cases.place`); with
     ``lease`` (owner, expiry) the new job is leased at once, as :func:`claim` would.
+
+    On every file's path from event to alert, so the common steps are prepared
+    statements (as in :mod:`._job_assessed`); a file's earlier version still waiting,
+    or its content left under an old name, are closed through the ORM (rare).
     """
-    key = path_key(rel_path)
-    seen = session.scalar(
-        select(Image.id).where(
-            Image.root_key == root_key,
-            Image.path_key == key,
-            Image.rel_path == rel_path,
-            Image.size == size,
-            Image.mtime_ns == mtime_ns,
-        )
-    )
-    if seen is not None:
+    db = session.connection()
+    file = {"root_key": root_key, "path_key": path_key(rel_path), "rel_path": rel_path,
+            "size": size, "mtime_ns": mtime_ns}
+    if db.execute(_SEEN, file).first() is not None:
         return None
-    previous = session.scalar(  # the latest earlier version of this file, if any
-        select(Image.id)
-        .where(Image.root_key == root_key, Image.path_key == key, Image.rel_path == rel_path)
-        .order_by(Image.first_seen.desc(), Image.id.desc())
-        .limit(1)
-    )
-    image = Image(
-        root_key=root_key, rel_path=rel_path, size=size, mtime_ns=mtime_ns, first_seen=now,
-        previous_id=previous, inode=inode,
-    )
-    session.add(image)
-    session.flush()
-    job = Job(image_id=image.id, state="pending", attempts=0, created_at=now, updated_at=now)
-    session.add(job)
-    session.flush()
-    payload: dict[str, object] = {
-        "job_id": job.id, "root_key": root_key, "size": size, "mtime_ns": mtime_ns
-    }
+    previous = db.execute(_LATEST, file).scalar()
+    image_id = str(uuid.uuid4())
+    image = {**file, "id": image_id, "inode": inode, "first_seen": now, "previous_id": previous}
+    payload: dict[str, object] = {"root_key": root_key, "size": size, "mtime_ns": mtime_ns}
     if previous is not None:  # a new version of a file seen before: linked, in the chain
         payload["previous_image_id"] = previous
     if placement is not None:
-        payload["case_id"] = _cases.place(session, image, placement, actor, now)
-        payload["location"] = placement.location
-        payload["location_source"] = placement.source
+        image["case_id"] = payload["case_id"] = _cases.place(session, image_id, root_key,
+                                                             placement, actor, now)
+        image["location"] = payload["location"] = placement.location
+        image["location_source"] = payload["location_source"] = placement.source
+        image["location_issue"] = placement.issue
         if placement.issue is not None:
             payload["location_issue"] = placement.issue
+    session.flush()  # a new case goes in before the image that points at it
+    db.execute(_INSERT_IMAGE, image)
+    job: dict[str, Any] = {"image_id": image_id, "state": "pending", "attempts": 0,
+                           "created_at": now, "updated_at": now}
+    if lease is not None:  # leased in the same transaction, as claim() would
+        job.update(state="processing", attempts=1, lease_owner=lease[0],
+                   lease_expires_at=lease[1], started_at=now)
+    job["id"] = db.execute(_INSERT_JOB, job).scalar_one()
     # The path is in the images row (access-controlled); the audit payload and the
     # logs carry ids only.
-    audit.append_event(session, "image.discovered", image.id, payload, actor, now)
-    logger.info("image %s discovered (job %d)", image.id, job.id)
+    audit.append_event(session, "image.discovered", image_id, {"job_id": job["id"], **payload},
+                       actor, now)
+    logger.info("image %s discovered (job %d)", image_id, job["id"])
     if previous is not None:
         # The earlier version not yet read (still being written, or rewritten before its
         # turn) can never be: its bytes are gone. Closed, pointing here; no alert.
-        waiting = session.scalar(select(Job).where(Job.image_id == previous,
-                                                   Job.state == "pending"))
-        if waiting is not None:
-            supersede(session, waiting, image.id, actor, now)
-    for gone in session.scalars(  # the same content under an old name that was not found
-        select(Job).join(Image, Image.id == Job.image_id).where(
-            Image.root_key == root_key, Image.rel_path != rel_path, Image.size == size,
-            Image.mtime_ns == mtime_ns, _same_inode(Image.inode, inode), Job.state == "pending",
-            Job.error_class == "FileNotFoundError",
-        )
-    ).all():
-        close_moved(session, gone, image.id, actor, now)
-    claimed = None if lease is None else _lease(job, image, lease[0], now, lease[1])
-    return Discovery(image_id=image.id, job_id=job.id, rel_path=rel_path, claimed=claimed)
+        for waiting in db.execute(_WAITING, {"image_id": previous}).scalars().all():
+            supersede(session, _job(session, waiting), image_id, actor, now)
+    for gone in db.execute(_LOST[inode is not None], {**file, "inode": inode}).scalars().all():
+        close_moved(session, _job(session, gone), image_id, actor, now)
+    claimed = None
+    if lease is not None:
+        claimed = ClaimedJob(job_id=job["id"], image_id=image_id, root_key=root_key,
+                             rel_path=rel_path, size=size, mtime_ns=mtime_ns, attempts=1,
+                             lease_expires_at=lease[1])
+    return Discovery(image_id=image_id, job_id=job["id"], rel_path=rel_path, claimed=claimed)
+
+
+def _job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    assert job is not None  # just selected, inside this transaction
+    return job
 
 
 def claim(

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from . import _queries, audit
@@ -32,7 +32,16 @@ from .records import (
 
 __all__ = ["ReadMethods"]
 
-
+_predictions, _images = Prediction.__table__, Image.__table__
+#: the duplicate lookup, once per image read: built once, run with each image's values
+_EARLIER_ASSESSMENT = (
+    select(_predictions.c.id)
+    .join(_images, _images.c.id == _predictions.c.image_id)
+    .where(_images.c.sha256 == bindparam("sha256"),
+           _predictions.c.model_id == bindparam("model_id"))
+    .order_by(_predictions.c.id)
+    .limit(1)
+)
 
 
 class ReadMethods:
@@ -44,13 +53,8 @@ class ReadMethods:
     def find_assessment(self, sha256: str, model_id: int) -> int | None:
         """The id of an earlier prediction of the same bytes by the same model."""
         with self._read() as session:
-            return session.scalar(
-                select(Prediction.id)
-                .join(Image, Image.id == Prediction.image_id)
-                .where(Image.sha256 == sha256, Prediction.model_id == model_id)
-                .order_by(Prediction.id)
-                .limit(1)
-            )
+            return session.connection().execute(
+                _EARLIER_ASSESSMENT, {"sha256": sha256, "model_id": model_id}).scalar()
 
     def verify_audit(
         self, anchor: audit.AuditAnchor | str | os.PathLike[str] | None = None
