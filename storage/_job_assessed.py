@@ -28,7 +28,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import _digests, audit
-from .models import Alert, Heatmap, Image, Job, ModelRow, Prediction, PredictionSummary, Tile
+from .models import Base
 from .records import AssessmentRecord, FinishOutcome
 
 __all__ = ["check_held", "held_image_id", "record_assessment"]
@@ -37,15 +37,18 @@ logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
-_images, _jobs = Image.__table__, Job.__table__
-_predictions, _tiles, _alerts = Prediction.__table__, Tile.__table__, Alert.__table__
-_MODEL_DIGEST = select(ModelRow.__table__.c.digest).where(
-    ModelRow.__table__.c.id == bindparam("model_id"))
+_images, _jobs, _models = (Base.metadata.tables[t] for t in ("images", "jobs", "models"))
+_predictions, _tiles, _alerts = (Base.metadata.tables[t] for t in ("predictions", "tiles",
+                                                                     "alerts"))
+_MODEL_DIGEST = select(_models.c.digest).where(_models.c.id == bindparam("model_id"))
+_HELD = select(_jobs.c.state, _jobs.c.lease_owner, _jobs.c.image_id).where(
+    _jobs.c.id == bindparam("job_id"))
+_HELD_LOCKED = _HELD.with_for_update()
 _DESCRIBE_IMAGE = update(_images).where(_images.c.id == bindparam("image_id"))
 _INSERT_PREDICTION = insert(_predictions).returning(_predictions.c.id)
 _INSERT_TILES = insert(_tiles).returning(_tiles.c.id, sort_by_parameter_order=True)
-_INSERT_HEATMAP = insert(Heatmap.__table__)
-_INSERT_SUMMARY = insert(PredictionSummary.__table__)
+_INSERT_HEATMAP = insert(Base.metadata.tables["heatmaps"])
+_INSERT_SUMMARY = insert(Base.metadata.tables["prediction_summaries"])
 _INSERT_ALERT = insert(_alerts).returning(_alerts.c.id)
 _CLOSE_DONE = update(_jobs).where(_jobs.c.id == bindparam("job_id")).values(
     state="done", lease_owner=None, lease_expires_at=None, not_before=None,
@@ -65,10 +68,9 @@ def check_held(job_id: int, owner: str, state: str | None, lease_owner: str | No
 
 def held_image_id(session: Session, job_id: int, owner: str) -> str:
     """The image of job ``job_id``, which ``owner`` must hold (row locked on PostgreSQL)."""
-    query = select(Job.state, Job.lease_owner, Job.image_id).where(Job.id == job_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = session.execute(query).first()
+    db = session.connection()
+    query = _HELD_LOCKED if db.dialect.name == "postgresql" else _HELD
+    row = db.execute(query, {"job_id": job_id}).first()
     check_held(job_id, owner, *(row[:2] if row is not None else (None, None)))
     assert row is not None
     return row.image_id

@@ -17,7 +17,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, true
+from sqlalchemy import BindParameter, or_, select, true
 from sqlalchemy.orm import Session
 
 from . import audit
@@ -78,7 +78,7 @@ def wait_for_change(
     return "pending"
 
 
-def _same_inode(column: Any, inode: int | None) -> Any:
+def _same_inode(column: Any, inode: int | BindParameter[int] | None) -> Any:
     """The inode matches when both sides know it (a rename keeps it; a copy with the same
     size and mtime does not); rows recorded before inodes were (0011) match on the rest."""
     if inode is None:

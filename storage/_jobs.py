@@ -40,7 +40,7 @@ from ._job_unread import (
     wait_for_change,
 )
 from ._paths import path_key
-from .models import Image, Job, Prediction
+from .models import Base, Image, Job, Prediction
 from .records import (
     ClaimedJob,
     Discovery,
@@ -68,7 +68,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_images, _jobs = Image.__table__, Job.__table__
+_images, _jobs = Base.metadata.tables["images"], Base.metadata.tables["jobs"]
 _SEEN = select(_images.c.id).where(
     _images.c.root_key == bindparam("root_key"), _images.c.path_key == bindparam("path_key"),
     _images.c.rel_path == bindparam("rel_path"), _images.c.size == bindparam("size"),
@@ -87,7 +87,7 @@ _WAITING = select(_jobs.c.id).where(_jobs.c.image_id == bindparam("image_id"),
                                     _jobs.c.state == "pending")
 
 
-def _lost_under_other_names(with_inode: bool) -> Select[tuple[int]]:
+def _lost_under_other_names(with_inode: bool) -> Select[int]:
     """Pending jobs whose file was not found, with this content under another name
     (the same inode too, when the new file's is known: see :func:`_same_inode`)."""
     inode = _same_inode(_images.c.inode, bindparam("inode") if with_inode else None)

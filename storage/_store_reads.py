@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import _queries, audit
 from ._time import aware_utc as _now
-from .models import Image, Prediction
+from .models import Base
 from .records import (
     AlertDetail,
     AlertView,
@@ -32,7 +32,7 @@ from .records import (
 
 __all__ = ["ReadMethods"]
 
-_predictions, _images = Prediction.__table__, Image.__table__
+_predictions, _images = Base.metadata.tables["predictions"], Base.metadata.tables["images"]
 #: the duplicate lookup, once per image read: built once, run with each image's values
 _EARLIER_ASSESSMENT = (
     select(_predictions.c.id)

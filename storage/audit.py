@@ -41,7 +41,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from ._digests import check_rows
-from .models import AuditEvent
+from .models import AuditEvent, Base
 from .records import AuditEventView, AuditReport
 
 __all__ = [
@@ -104,9 +104,9 @@ def lock_chain(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
 
 
-_HEAD = select(AuditEvent.__table__.c.seq, AuditEvent.__table__.c.hash).order_by(
-    AuditEvent.__table__.c.seq.desc()).limit(1)
-_INSERT_EVENT = insert(AuditEvent.__table__)
+_events = Base.metadata.tables["audit_events"]
+_HEAD = select(_events.c.seq, _events.c.hash).order_by(_events.c.seq.desc()).limit(1)
+_INSERT_EVENT = insert(_events)
 
 
 def append_event(
