@@ -84,8 +84,8 @@ def _tiles_digest(tiles: Iterable[Tile | Mapping[str, Any]]) -> str:
     return _hash(sorted(fields, key=lambda f: f["idx"]))
 
 
-def _id(row: Base | Mapping[str, Any], key: str = "id") -> Any:
-    return row[key] if isinstance(row, Mapping) else getattr(row, key)
+def _id(row: Base | Mapping[str, Any]) -> Any:
+    return row["id"] if isinstance(row, Mapping) else row.id  # type: ignore[attr-defined]
 
 
 def assessment_digests(

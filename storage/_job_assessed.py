@@ -28,6 +28,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import _digests, audit
+from ._job_unread import ended
 from .models import Base
 from .records import AssessmentRecord, FinishOutcome
 
@@ -50,9 +51,7 @@ _INSERT_TILES = insert(_tiles).returning(_tiles.c.id, sort_by_parameter_order=Tr
 _INSERT_HEATMAP = insert(Base.metadata.tables["heatmaps"])
 _INSERT_SUMMARY = insert(Base.metadata.tables["prediction_summaries"])
 _INSERT_ALERT = insert(_alerts).returning(_alerts.c.id)
-_CLOSE_DONE = update(_jobs).where(_jobs.c.id == bindparam("job_id")).values(
-    state="done", lease_owner=None, lease_expires_at=None, not_before=None,
-    error_class=None, error_message=None)
+_CLOSE_JOB = update(_jobs).where(_jobs.c.id == bindparam("job_id"))
 
 
 def check_held(job_id: int, owner: str, state: str | None, lease_owner: str | None) -> None:
@@ -110,8 +109,9 @@ def record_assessment(
             "prediction_id": prediction["id"],
             "digests": _digests.alert_digests(alert),
         }, actor, now)
-    db.execute(_CLOSE_DONE, {"job_id": job_id, "finished_at": now, "updated_at": now,
-                             "prediction_id": prediction["id"]})
+    db.execute(_CLOSE_JOB, {"job_id": job_id, **ended("done", now),
+                            "prediction_id": prediction["id"], "error_class": None,
+                            "error_message": None})
     logger.info("image %s assessed: prediction %d decision=%s", image_id, prediction["id"],
                 result.decision)
     return FinishOutcome(prediction_id=prediction["id"],

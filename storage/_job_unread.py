@@ -106,14 +106,16 @@ def close_moved(session: Session, job: Job, new_image_id: str, actor: str, now: 
                   now)
 
 
+def ended(state: str, now: datetime) -> dict[str, Any]:
+    """A job's columns in the final ``state``: lease and retry time dropped, finished ``now``."""
+    return {"state": state, "lease_owner": None, "lease_expires_at": None, "not_before": None,
+            "finished_at": now, "updated_at": now}
+
+
 def end_job(job: Job, state: str, now: datetime) -> None:
-    """Put ``job`` in the final ``state``: lease and retry time dropped, finished ``now``."""
-    job.state = state
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.not_before = None
-    job.finished_at = now
-    job.updated_at = now
+    """Put ``job`` in the final ``state`` (:func:`ended`)."""
+    for column, value in ended(state, now).items():
+        setattr(job, column, value)
 
 
 def put_back(job: Job, now: datetime) -> None:

@@ -142,8 +142,7 @@ def discover(
         image["location_issue"] = placement.issue
         if placement.issue is not None:
             payload["location_issue"] = placement.issue
-    session.flush()  # a new case goes in before the image that points at it
-    db.execute(_INSERT_IMAGE, image)
+    db.execute(_INSERT_IMAGE, image)  # a new case is in: place() flushed it
     job: dict[str, Any] = {"image_id": image_id, "state": "pending", "attempts": 0,
                            "created_at": now, "updated_at": now}
     if lease is not None:  # leased in the same transaction, as claim() would

@@ -133,25 +133,15 @@ def append_event(
     # Microsecond precision is what every backend stores; the hash must survive a round trip.
     ts = (now or datetime.now(UTC)).astimezone(UTC)
     payload_json = canonical_json(dict(payload))
-    event = AuditEvent(
-        seq=seq,
-        ts=ts,
-        actor=actor,
-        action=action,
-        object_id=str(object_id),
-        payload_json=payload_json,
-        prev_hash=prev,
-        hash=event_hash(seq, ts, actor, action, str(object_id), payload_json, prev),
-    )
+    row: dict[str, Any] = {"seq": seq, "ts": ts, "actor": actor, "action": action,
+                           "object_id": str(object_id), "payload_json": payload_json,
+                           "prev_hash": prev}
+    row["hash"] = event_hash(**row)
     session.flush()  # rows the ORM still holds go first: the event may cite them
-    session.connection().execute(_INSERT_EVENT, {
-        "seq": event.seq, "ts": event.ts, "actor": event.actor, "action": event.action,
-        "object_id": event.object_id, "payload_json": event.payload_json,
-        "prev_hash": event.prev_hash, "hash": event.hash,
-    })
-    session.info["audit_head"] = (event.seq, event.hash)  # for the next append and the anchor
+    session.connection().execute(_INSERT_EVENT, row)
+    session.info["audit_head"] = (seq, row["hash"])  # for the next append and the anchor
     session.info["audit_transaction"] = transaction
-    return event
+    return AuditEvent(**row)
 
 
 def to_view(event: AuditEvent) -> AuditEventView:
